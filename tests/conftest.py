@@ -1,0 +1,29 @@
+"""Session-wide JAX settings for the test suite.
+
+* 4 host (CPU) devices for the whole session, so that sharding tests can run anywhere. This has
+  to happen before JAX initialises its backends, hence before ``import jax``.
+* Strict dtype promotion and no implicit rank promotion (as Equinox's tests do): mixing
+  float32 with int32, or (S, H) + (H,), raises instead of silently promoting/broadcasting.
+* float32 everywhere (x64 off).
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_enable_x64", False)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(autouse=True)
+def _strict_jax_config():
+    """Re-assert the strict settings before every test, so that no test module can loosen
+    them for the tests that run after it (loosen locally with a context manager instead)."""
+    jax.config.update("jax_enable_x64", False)
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    yield

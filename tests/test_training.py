@@ -1,0 +1,154 @@
+"""Training step, data parallelism, checkpoints, exact resume and zoo.load, on a tiny corpus."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from corpus import write_tiny_multi30k
+
+import zoo
+from zoo.checkpoint import CheckpointStore, write_or_check_config
+from zoo.config import BahdanauConfig, Config, DataConfig, TrainConfig
+from zoo.data.batching import collate
+from zoo.data.corpora import load_split
+from zoo.data.pipeline import TextPipeline
+from zoo.errors import ZooError
+from zoo.models import build
+from zoo.training import data_parallel, init_state, make_optimizer, make_train_step, step_key, train
+from zoo.translator import Translator
+
+
+
+@pytest.fixture(autouse=True)
+def _standard_dtype_promotion():
+    """optax's own arithmetic mixes Python floats with int32 counts, which strict promotion
+    (set in conftest.py for the model mathematics) refuses; rank promotion stays strict."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+TINY_MODEL = BahdanauConfig(embed_dim=8, hidden_dim=16, attention_dim=8, maxout_dim=8, dropout=0.1)
+
+
+def tiny_config(**train_overrides) -> Config:
+    train_config = dict(epochs=3, batch_size=8, learning_rate=1e-2, checkpoint_every=2)
+    train_config.update(train_overrides)
+    return Config("bahdanau", TINY_MODEL, DataConfig(min_freq=1), TrainConfig(**train_config))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_tiny_multi30k(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def pipeline_and_batch(data_dir):
+    src, tgt = load_split("multi30k", "train", "de", "en", data_dir)
+    pipeline = TextPipeline.build(DataConfig(min_freq=1), src, tgt)
+    src_ids, tgt_ids = pipeline.encode_source(src), pipeline.encode_target(tgt)
+    model_config = BahdanauConfig(**{**TINY_MODEL.__dict__, "src_vocab_size": len(pipeline.src_vocab), "tgt_vocab_size": len(pipeline.tgt_vocab)})
+    return pipeline, model_config, collate(src_ids, tgt_ids, np.arange(8), 8)
+
+
+def losses(workdir):
+    records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r]
+
+
+def test_train_step_lowers_loss(pipeline_and_batch):
+    _, model_config, batch = pipeline_and_batch
+    tx = make_optimizer(TrainConfig(learning_rate=1e-2))
+    graphdef, state = init_state(build("bahdanau", model_config), tx)
+    train_step = make_train_step(graphdef, tx)
+    first = None
+    for step in range(30):
+        state, metrics = train_step(state, batch, step_key(0, step))
+        first = float(metrics["loss"]) if first is None else first
+    assert int(state["step"]) == 30
+    assert first > 2.5  # about log(vocabulary size) at initialisation
+    assert float(metrics["loss"]) < 0.3 * first
+
+
+def test_four_devices_give_single_device_numbers(pipeline_and_batch):
+    assert jax.device_count() == 4, "conftest.py must force 4 CPU devices"
+    _, model_config, batch = pipeline_and_batch
+    tx = make_optimizer(TrainConfig())
+    graphdef, state = init_state(build("bahdanau", model_config), tx)
+    host_state = jax.device_get(state)
+    train_step = make_train_step(graphdef, tx)
+    one = jax.devices()[0]
+    single_state, single = train_step(jax.device_put(host_state, one), jax.device_put(batch, one), step_key(0, 0))
+    batch_sharding, replicated = data_parallel()
+    sharded_batch = jax.device_put(batch, batch_sharding)
+    assert len(sharded_batch["src"].sharding.device_set) == 4
+    multi_state, multi = train_step(jax.device_put(host_state, replicated), sharded_batch, step_key(0, 0))
+    np.testing.assert_allclose(float(multi["loss"]), float(single["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(multi["grad_norm"]), float(single["grad_norm"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(multi_state["params"]), jax.tree.leaves(single_state["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_interrupted_then_resumed_run_reproduces_losses(tmp_path, data_dir):
+    uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
+    train(tiny_config(max_steps=8), uninterrupted, data_dir, progress=False)  # 6 steps an epoch: crosses one
+    train(tiny_config(max_steps=5), interrupted, data_dir, progress=False)
+    shutil.rmtree(interrupted / "checkpoints" / "5")  # the run "died" after the checkpoint at step 4
+    result = train(tiny_config(max_steps=8), interrupted, data_dir, progress=False)
+    assert result["step"] == 8
+    expected, got = losses(uninterrupted), losses(interrupted)
+    assert [s for s, _ in got[0]] == list(range(1, 9))
+    assert got == expected  # bit-identical losses, and the same validation loss at the epoch end
+
+
+@pytest.fixture(scope="module")
+def saved_workdir(tmp_path_factory, pipeline_and_batch):
+    """A workdir with an untrained model's state saved at step 0, and its Translator."""
+    pipeline, model_config, _ = pipeline_and_batch
+    workdir = tmp_path_factory.mktemp("saved")
+    config = Config("bahdanau", model_config, DataConfig(min_freq=1), TrainConfig())
+    write_or_check_config(workdir, config)
+    pipeline.save(workdir)
+    graphdef, state = init_state(build("bahdanau", model_config, seed=3), make_optimizer(config.train))
+    store = CheckpointStore(workdir)
+    store.save(0, state, {"epoch": 0, "batch": 0, "best_val_loss": 1.0}, val_loss=1.0)
+    store.close()
+    return workdir, Translator(config, pipeline, graphdef, state["params"], 0)
+
+
+def test_save_load_gives_identical_translations(saved_workdir):
+    workdir, original = saved_workdir
+    loaded = zoo.load(workdir)
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(original.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    sentences = ["Ein Hund schläft im Park.", "Eine Katze singt."]
+    hyps, attention = loaded.translate(sentences)
+    expected_hyps, expected_attention = original.translate(sentences)
+    assert hyps == expected_hyps
+    for a, b in zip(attention, expected_attention):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a.sum(axis=1), 1.0, rtol=1e-5)  # target × source, rows are α_i
+    for t in loaded.translate_tokens(sentences):
+        assert t.attention.shape == (len(t.tokens), len(t.source_tokens))
+        assert t.source_tokens[-1] == "<eos>"
+
+
+def test_restoring_into_another_config_names_parameter_and_shapes(saved_workdir, tmp_path):
+    workdir, _ = saved_workdir
+    other = tmp_path / "other"
+    shutil.copytree(workdir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["model"]["hidden_dim"] = 32
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ZooError, match=r"checkpoint parameter \S+ has shape \(\d+(, \d+)?\) but the model expects \(\d+(, \d+)?\)"):
+        zoo.load(other)
+
+
+def test_workdir_refuses_another_config(tmp_path, data_dir):
+    train(tiny_config(max_steps=1), tmp_path, data_dir, progress=False)
+    before = (tmp_path / "config.json").read_text()
+    bigger = Config("bahdanau", BahdanauConfig(**{**TINY_MODEL.__dict__, "hidden_dim": 32}), DataConfig(min_freq=1), tiny_config().train)
+    with pytest.raises(ZooError, match=r"model\.hidden_dim=16, not 32"):
+        train(bigger, tmp_path, data_dir, progress=False)
+    assert (tmp_path / "config.json").read_text() == before

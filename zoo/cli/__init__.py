@@ -1,0 +1,1 @@
+"""Command-line tools; ``train.py`` and ``evaluate.py`` at the repository root call these."""

@@ -1,0 +1,90 @@
+"""Evaluate a trained workdir: ``python evaluate.py --workdir runs/bahdanau --split test2016``.
+
+Prints and (with ``--output``) writes corpus BLEU (sacreBLEU, cased detokenized and lowercased
+tokenized, with signatures) and teacher-forced and free-running perplexity. ``--src/--ref``
+evaluate any pair of line-aligned text files (plain or .gz) instead of a named split.
+Nothing is written into the workdir.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", default="test2016", help="a named split of the workdir's dataset (default test2016)")
+    p.add_argument("--src", help="source-language text file (with --ref, instead of --split)")
+    p.add_argument("--ref", help="reference translations, line-aligned with --src")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: best validation loss)")
+    p.add_argument("--beam-size", type=int, default=1)
+    p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--hypotheses", help="write the translations here, one per line")
+    p.add_argument("--plot-attention", metavar="PNG", help="draw attention heatmaps of a few sentences")
+    p.add_argument("--plot-sentences", type=int, default=4, help="how many sentences --plot-attention draws")
+    return p.parse_args(argv)
+
+
+def check_outputs(args) -> list[Path]:
+    """Output paths, refusing any inside the workdir (evaluation never writes there)."""
+    workdir = Path(args.workdir).resolve()
+    outputs = [Path(p) for p in (args.output, args.hypotheses, args.plot_attention) if p]
+    for path in outputs:
+        if workdir in path.resolve().parents:
+            raise ZooError(f"{path}: evaluation does not write into the workdir {args.workdir}; choose another path")
+        if not path.resolve().parent.is_dir():
+            raise ZooError(f"{path}: folder {path.parent} does not exist")
+    return outputs
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if (args.src is None) != (args.ref is None):
+            raise ZooError("--src and --ref go together")
+        if args.beam_size < 1:
+            raise ZooError(f"--beam-size {args.beam_size}: must be at least 1")
+        check_outputs(args)
+        from zoo.checkpoint import read_config
+        from zoo.data.corpora import load_split
+        from zoo.data.text import read_parallel
+
+        config = read_config(args.workdir)
+        if args.src:
+            sources, references = read_parallel(args.src, args.ref)
+            name = f"{args.src} -> {args.ref}"
+        else:
+            d = config.data
+            sources, references = load_split(d.dataset, args.split, d.src_lang, d.tgt_lang, args.data_dir)
+            name = f"{d.dataset} {args.split}"
+
+        from zoo.evaluation import evaluate
+        from zoo.translator import load
+
+        translator = load(args.workdir, args.step)
+        results, hypotheses = evaluate(translator, sources, references, args.beam_size)
+    except ZooError as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+    results["data"] = name
+    print(
+        f"{name}: BLEU {results['bleu']:.2f} (cased, detokenized), {results['bleu_lc_tok']:.2f} (lowercased, tokenized); "
+        f"PPL {results['ppl_free_running']:.2f} free-running, {results['ppl_teacher_forced']:.2f} teacher-forced; "
+        f"{len(sources)} sentences, step {results['step']}"
+    )
+    print(json.dumps(results, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    if args.hypotheses:
+        Path(args.hypotheses).write_text("".join(h + "\n" for h in hypotheses))
+    if args.plot_attention:
+        from zoo.plotting import plot_attention
+
+        plot_attention(translator.translate_tokens(sources[: args.plot_sentences], args.beam_size), args.plot_attention)
+    return 0
+

@@ -1,0 +1,72 @@
+"""Train a zoo model: ``python train.py --model bahdanau --dataset multi30k --workdir runs/bahdanau``.
+
+Running it again on the same workdir resumes from the latest checkpoint.
+"""
+
+import argparse
+import sys
+
+from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig, replace_fields
+from zoo.errors import ZooError
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="bahdanau", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--dataset", default="multi30k")
+    p.add_argument("--workdir", required=True, help="checkpoints, config, vocabularies and metrics go here")
+    p.add_argument("--data-dir", default=None, help="corpora root (default: $ZOO_DATA_DIR, else ~/.cache/zoo/data)")
+    p.add_argument("--src-lang", default="de")
+    p.add_argument("--tgt-lang", default="en")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    p.add_argument("--clip-norm", type=float, default=TrainConfig.clip_norm)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help="steps")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
+    p.add_argument("--no-lowercase", action="store_true", help="keep the corpus's casing")
+    p.add_argument("--min-freq", type=int, default=DataConfig.min_freq)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a model config field, e.g. --set hidden_dim=512 (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def model_overrides(pairs: list[str], model_config) -> dict:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ZooError(f"--set {pair!r}: expected FIELD=VALUE")
+        default = getattr(model_config, name, None)
+        if default is None:
+            raise ZooError(f"--set {pair!r}: {type(model_config).__name__} has no field {name!r}")
+        try:
+            out[name] = type(default)(value)
+        except ValueError:
+            raise ZooError(f"--set {pair!r}: {value!r} is not a {type(default).__name__}") from None
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        model_config = MODEL_CONFIGS[args.model]()
+        config = Config(
+            model_name=args.model,
+            model=replace_fields(model_config, model_overrides(args.set, model_config)),
+            data=DataConfig(args.dataset, args.src_lang, args.tgt_lang, not args.no_lowercase, args.min_freq),
+            train=TrainConfig(args.epochs, args.batch_size, args.learning_rate, args.clip_norm, args.seed,
+                              args.checkpoint_every, args.max_steps),
+        )
+        from zoo.training import train
+
+        result = train(config, args.workdir, args.data_dir, progress=not args.no_progress)
+    except ZooError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"trained to step {result['step']} (epoch {result['epoch']}); best val loss {result['best_val_loss']:.4f}; "
+          f"{result['wall_s']:.0f} s; workdir {args.workdir}")
+    return 0
+

@@ -1,0 +1,1 @@
+"""Text files, tokenization, vocabularies, corpora and batches."""

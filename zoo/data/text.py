@@ -1,0 +1,45 @@
+"""Reading line-aligned text files (plain or gzip) with errors that name the file and line."""
+
+import gzip
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+
+def read_lines(path) -> list[str]:
+    """The lines of a UTF-8 text file, plain or ``.gz``, without their newlines.
+
+    Raises:
+      ZooError: the file is missing, unreadable, empty, or not valid UTF-8 (naming the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ZooError(f"{path}: no such file")
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise ZooError(f"{path}: cannot read ({e})") from None
+    if not raw.strip():
+        raise ZooError(f"{path}: file is empty")
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    out = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            out.append(line.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as e:
+            raise ZooError(f"{path}:{number}: invalid UTF-8 at byte {e.start}") from None
+    return out
+
+
+def read_parallel(src_path, tgt_path) -> tuple[list[str], list[str]]:
+    """Two line-aligned files (sentence i of one translates sentence i of the other).
+
+    Raises:
+      ZooError: as :func:`read_lines`, or the two files have different line counts.
+    """
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise ZooError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; they must be line-aligned")
+    return src, tgt

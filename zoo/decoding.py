@@ -1,0 +1,88 @@
+"""Free-running decoding of one example: greedy and beam search, each a ``lax.scan``.
+
+Both work with any zoo seq2seq model (see :mod:`zoo.models`) and return the attention weights
+of every step, so attention maps need no capture machinery. ``jax.vmap`` them over a batch.
+Glossary: S source length, T decoded steps, V target vocabulary, K beam size.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from zoo.data.vocab import BOS_ID, EOS_ID, PAD_ID
+
+
+def greedy(model, memory, max_length: int):
+    """Greedy decoding: y_i = argmax_y p(y | y_<i, x), fed back as the next input.
+
+    Decoding runs all ``max_length`` steps (static shapes); read the hypothesis up to its first
+    ``<eos>``. Scoring these logits against a reference gives the free-running loss.
+
+    Args:
+      model: a zoo seq2seq model; memory: ``model.encode(...)`` of one source sentence.
+      max_length: number of steps T.
+
+    Returns:
+      ``(tokens int32 (T,), logits (T, V), weights (T, S))``.
+    """
+
+    def step(carry, _):
+        state, y_prev = carry
+        state, logits, weights = model.decode_step(memory, state, y_prev)
+        y = jnp.argmax(logits).astype(jnp.int32)
+        return (state, y), (y, logits, weights)
+
+    init = (model.initial_decoder_state(memory), jnp.int32(BOS_ID))
+    _, (tokens, logits, weights) = jax.lax.scan(step, init, None, length=max_length)
+    return tokens, logits, weights
+
+
+def beam_search(model, memory, beam_size: int, max_length: int, length_penalty: float = 1.0):
+    """Beam search keeping the ``beam_size`` best prefixes by summed log-probability.
+
+    A beam that emits ``<eos>`` is finished: it is extended only by ``<pad>`` at zero cost. The
+    hypothesis returned maximises score / length**length_penalty (length counts ``<eos>``).
+    With ``beam_size=1`` this is :func:`greedy`.
+
+    Args:
+      model, memory: as :func:`greedy`.
+      beam_size: K >= 1. max_length: steps T. length_penalty: exponent α (0: raw sum).
+
+    Returns:
+      ``(tokens int32 (T,), weights (T, S))`` of the best hypothesis.
+    """
+    K = beam_size
+    state = model.initial_decoder_state(memory)
+    states = jax.tree.map(lambda x: jnp.broadcast_to(x, (K, *x.shape)), state)
+    num_src = memory.mask.shape[0]
+    carry = dict(
+        states=states,
+        y_prev=jnp.full((K,), BOS_ID, jnp.int32),
+        scores=jnp.where(jnp.arange(K) == 0, 0.0, -jnp.inf),  # only beam 0 is live at the start
+        finished=jnp.zeros((K,), bool),
+        lengths=jnp.zeros((K,), jnp.float32),
+        tokens=jnp.full((K, max_length), PAD_ID, jnp.int32),
+        weights=jnp.zeros((K, max_length, num_src)),
+    )
+
+    def step(c, t):
+        new_states, logits, weights = jax.vmap(model.decode_step, in_axes=(None, 0, 0))(memory, c["states"], c["y_prev"])
+        logp = jax.nn.log_softmax(logits)  # (K, V)
+        vocab = logp.shape[-1]
+        pad_only = jnp.where(jnp.arange(vocab) == PAD_ID, 0.0, -jnp.inf)
+        logp = jnp.where(c["finished"][:, None], pad_only, logp)
+        top_scores, flat = jax.lax.top_k((c["scores"][:, None] + logp).reshape(-1), K)
+        beam, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+        was_finished = c["finished"][beam]
+        return dict(
+            states=jax.tree.map(lambda x: x[beam], new_states),
+            y_prev=token,
+            scores=top_scores,
+            finished=was_finished | (token == EOS_ID),
+            lengths=c["lengths"][beam] + (~was_finished),
+            tokens=c["tokens"][beam].at[:, t].set(token),
+            weights=c["weights"][beam].at[:, t].set(weights[beam]),
+        ), None
+
+    c, _ = jax.lax.scan(step, carry, jnp.arange(max_length))
+    best = jnp.argmax(c["scores"] / jnp.maximum(c["lengths"], 1.0) ** length_penalty)
+    return c["tokens"][best], c["weights"][best]

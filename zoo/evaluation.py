@@ -1,0 +1,88 @@
+"""Corpus BLEU (sacreBLEU) and perplexities of a trained model on a parallel corpus.
+
+Two BLEU flavours:
+  ``bleu``         sacreBLEU's default (13a tokenization, cased) on detokenized hypotheses
+                   against the raw references: the WMT-style number.
+  ``bleu_lc_tok``  lowercased, Moses-tokenized hypotheses against references put through the
+                   same tokenizer (punctuation normalisation, lowercasing, tokenizer.perl), with
+                   ``tokenize="none"``: the protocol of most Multi30k papers and of the PyTorch
+                   seq2seq tutorials (who tokenize with spaCy, so expect small differences).
+Two perplexities, exp of the token-level mean cross-entropy over the references:
+  ``ppl_teacher_forced``  the decoder reads the reference prefix;
+  ``ppl_free_running``    the decoder reads its own greedy outputs (teacher forcing ratio 0, as
+                          the PyTorch tutorials' test loss), scored against the reference tokens.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from sacrebleu.metrics import BLEU
+
+from zoo import decoding
+from zoo.data.batching import collate
+from zoo.data.tokenize import Tokenizer
+from zoo.functional.masks import length_mask
+from zoo.training import make_eval_nll
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str], lang: str) -> dict:
+    """Both BLEU flavours (see the module docstring) with their sacreBLEU signatures."""
+    cased = BLEU()
+    lc_tok = BLEU(tokenize="none", lowercase=True, force=True)
+    tokenizer = Tokenizer(lang, lowercase=True)
+    tok = lambda sentences: [" ".join(tokenizer.tokenize(s)) for s in sentences]
+    score = cased.corpus_score(hypotheses, [references])
+    score_lc = lc_tok.corpus_score(tok(hypotheses), [tok(references)])
+    return {
+        "bleu": score.score,
+        "bleu_lc_tok": score_lc.score,
+        "sacrebleu_signature": str(cased.get_signature()),
+        "sacrebleu_signature_lc_tok": str(lc_tok.get_signature()) + "|moses-tok",
+    }
+
+
+def _make_free_running_nll(graphdef):
+    """Compiled ``(params, batch) -> (nll_sum, num_tokens)`` with the decoder fed its own argmax."""
+
+    def one(model, ex):
+        memory = model.encode(ex["src"], ex["src_length"])
+        _, logits, _ = decoding.greedy(model, memory, ex["tgt_out"].shape[0])
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, ex["tgt_out"])
+        mask = length_mask(ex["tgt_length"], ex["tgt_out"].shape[0])
+        return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask, dtype=jnp.float32)
+
+    def batch_fn(params, batch):
+        model = nnx.merge(graphdef, params)
+        nll, n = jax.vmap(lambda ex: one(model, ex))(batch)
+        return jnp.sum(nll), jnp.sum(n)
+
+    return jax.jit(batch_fn)
+
+
+def perplexities(translator, sources: list[str], references: list[str], batch_size: int = 64) -> dict:
+    """Teacher-forced and free-running perplexity of the references (see the module docstring)."""
+    p = translator.pipeline
+    src_ids, tgt_ids = p.encode_source(sources), p.encode_target(references)
+    fns = {"ppl_teacher_forced": make_eval_nll(translator.graphdef), "ppl_free_running": _make_free_running_nll(translator.graphdef)}
+    totals = {name: [0.0, 0] for name in fns}
+    order = np.argsort([len(s) for s in src_ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        batch = collate(src_ids, tgt_ids, order[start : start + batch_size], batch_size, translator.config.data.length_multiple)
+        for name, fn in fns.items():
+            nll, n = fn(translator.params, batch)
+            totals[name][0] += float(nll)
+            totals[name][1] += int(n)
+    return {name: math.exp(total / max(count, 1)) for name, (total, count) in totals.items()}
+
+
+def evaluate(translator, sources: list[str], references: list[str], beam_size: int = 1) -> tuple[dict, list[str]]:
+    """BLEU (both flavours) and both perplexities; returns ``(results, hypotheses)``."""
+    hypotheses, _ = translator.translate(sources, beam_size=beam_size)
+    results = corpus_bleu(hypotheses, references, translator.config.data.tgt_lang)
+    results.update(perplexities(translator, sources, references))
+    results.update(num_sentences=len(sources), beam_size=beam_size, step=translator.step)
+    return results, hypotheses
