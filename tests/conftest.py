@@ -27,3 +27,11 @@ def _strict_jax_config():
     jax.config.update("jax_numpy_dtype_promotion", "strict")
     jax.config.update("jax_numpy_rank_promotion", "raise")
     yield
+
+
+@pytest.fixture
+def standard_dtype_promotion():
+    """Standard dtype promotion for one test: optax and orbax mix Python floats with int32
+    counts internally, which strict promotion refuses. Rank promotion stays strict."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield

@@ -21,12 +21,7 @@ from zoo.translator import Translator
 
 
 
-@pytest.fixture(autouse=True)
-def _standard_dtype_promotion():
-    """optax's own arithmetic mixes Python floats with int32 counts, which strict promotion
-    (set in conftest.py for the model mathematics) refuses; rank promotion stays strict."""
-    with jax.numpy_dtype_promotion("standard"):
-        yield
+pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
 
 TINY_MODEL = BahdanauConfig(embed_dim=8, hidden_dim=16, attention_dim=8, maxout_dim=8, dropout=0.1)

@@ -78,7 +78,7 @@ def beam_search(model, memory, beam_size: int, max_length: int, length_penalty: 
             y_prev=token,
             scores=top_scores,
             finished=was_finished | (token == EOS_ID),
-            lengths=c["lengths"][beam] + (~was_finished),
+            lengths=c["lengths"][beam] + (~was_finished).astype(jnp.float32),
             tokens=c["tokens"][beam].at[:, t].set(token),
             weights=c["weights"][beam].at[:, t].set(weights[beam]),
         ), None

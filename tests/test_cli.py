@@ -1,0 +1,113 @@
+"""train.py and evaluate.py end to end on a tiny corpus: results, files, and bad input."""
+
+import gzip
+import json
+
+import jax
+import pytest
+from corpus import write_tiny_multi30k
+
+from zoo.cli import evaluate, train
+
+TINY = ["--set", "embed_dim=8", "--set", "hidden_dim=8", "--set", "attention_dim=8", "--set", "maxout_dim=8",
+        "--min-freq", "1", "--batch-size", "8", "--no-progress"]
+
+
+pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data = write_tiny_multi30k(tmp_path_factory.mktemp("data"))
+    workdir = tmp_path_factory.mktemp("runs") / "tiny"
+    with jax.numpy_dtype_promotion("standard"):
+        assert train.main(["--workdir", str(workdir), "--data-dir", str(data), "--max-steps", "3", *TINY]) == 0
+    return data, workdir
+
+
+def test_train_writes_a_complete_workdir(trained):
+    _, workdir = trained
+    names = {p.name for p in workdir.iterdir()}
+    assert {"config.json", "src_vocab.json", "tgt_vocab.json", "metrics.jsonl", "checkpoints"} <= names
+    steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    assert steps == [1, 2, 3]
+    assert json.loads((workdir / "config.json").read_text())["model"]["hidden_dim"] == 8
+
+
+def test_evaluate_files_writes_results_and_plot_not_into_workdir(trained, tmp_path, capsys):
+    data, workdir = trained
+    before = snapshot(workdir)
+    src, ref = tmp_path / "s.de", tmp_path / "r.en"
+    src.write_text("Ein Hund läuft im Park.\nEine Katze singt am Strand.\n")
+    ref.write_text("A dog runs in the park.\nA cat sings on the beach.\n")
+    out, png = tmp_path / "results.json", tmp_path / "attention.png"
+    code = evaluate.main(["--workdir", str(workdir), "--src", str(src), "--ref", str(ref), "--output", str(out),
+                          "--plot-attention", str(png), "--plot-sentences", "2"])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert {"bleu", "bleu_lc_tok", "ppl_teacher_forced", "ppl_free_running", "sacrebleu_signature"} <= set(results)
+    assert 0.0 <= results["bleu"] <= 100.0 and results["ppl_teacher_forced"] > 1.0
+    assert results["sacrebleu_signature"].startswith("nrefs:1|case:mixed")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "BLEU" in capsys.readouterr().out.splitlines()[0]
+    assert snapshot(workdir) == before
+
+
+def test_evaluate_named_split(trained, tmp_path):
+    data, workdir = trained
+    out = tmp_path / "r.json"
+    assert evaluate.main(["--workdir", str(workdir), "--data-dir", str(data), "--split", "test2016", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["num_sentences"] == 8
+
+
+def test_evaluate_refuses_to_write_into_the_workdir(trained, capsys):
+    data, workdir = trained
+    before = snapshot(workdir)
+    code = evaluate.main(["--workdir", str(workdir), "--data-dir", str(data), "--output", str(workdir / "best" / "r.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "does not write into the workdir" in err
+    assert snapshot(workdir) == before
+
+
+def test_evaluate_mismatched_files(trained, tmp_path, capsys):
+    _, workdir = trained
+    (tmp_path / "s.de").write_text("a\nb\n")
+    (tmp_path / "r.en").write_text("a\n")
+    assert evaluate.main(["--workdir", str(workdir), "--src", str(tmp_path / "s.de"), "--ref", str(tmp_path / "r.en")]) == 2
+    assert "s.de has 2 lines but" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "multi30k" / "train.de.gz").unlink(), r"train\.de\.gz: (no such file|missing, and downloading)"),
+        (lambda d: (d / "multi30k" / "val.en.gz").write_bytes(gzip.compress(b"one line\n")), r"val\.de\.gz has 8 lines but \S+val\.en\.gz has 1"),
+        (lambda d: (d / "multi30k" / "train.en.gz").write_bytes(gzip.compress(b"ok\n\xff\xfe\n")), r"train\.en\.gz:2: invalid UTF-8"),
+        (lambda d: (d / "multi30k" / "train.en.gz").write_bytes(gzip.compress(b"")), r"train\.en\.gz: file is empty"),
+    ],
+)
+def test_train_bad_data_fails_in_one_line_and_keeps_the_workdir(trained, tmp_path, capsys, damage, message, monkeypatch):
+    import re
+    import shutil
+
+    data, workdir = trained
+    monkeypatch.setattr("urllib.request.urlretrieve", lambda *a: (_ for _ in ()).throw(OSError("no network")))
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    damage(broken)
+    before = snapshot(workdir)
+    code = train.main(["--workdir", str(workdir), "--data-dir", str(broken), "--max-steps", "6", *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("train.py: error: ") and re.search(message, err), err
+    assert snapshot(workdir) == before
+
+
+def test_train_bad_flag_value(tmp_path, capsys):
+    assert train.main(["--workdir", str(tmp_path / "w"), "--set", "hidden_dim=big"]) == 2
+    assert "'big' is not a int" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

@@ -1,0 +1,108 @@
+"""Reading files, tokenization, vocabularies and batches."""
+
+import gzip
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo.data.batching import batch_order, collate
+from zoo.data.text import read_lines, read_parallel
+from zoo.data.tokenize import Tokenizer
+from zoo.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocab
+from zoo.errors import ZooError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+
+
+def test_read_lines_plain_gzip_and_crlf(tmp_path):
+    (tmp_path / "a.txt").write_bytes("eins\r\nzwei\n".encode())
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress("eins\nzwei".encode()))
+    assert read_lines(tmp_path / "a.txt") == ["eins", "zwei"]
+    assert read_lines(tmp_path / "a.txt.gz") == ["eins", "zwei"]
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ZooError, match=r"nope\.de: no such file"):
+        read_lines(tmp_path / "nope.de")
+
+
+@pytest.mark.parametrize("name, content", [("e.txt", b""), ("e.txt.gz", gzip.compress(b"")), ("blank.txt", b"\n\n")])
+def test_empty_file_is_named(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ZooError, match=re.escape(name) + ": file is empty"):
+        read_lines(tmp_path / name)
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    (tmp_path / "bad.de.gz").write_bytes(gzip.compress(b"gut\nauch gut\nschl\xe4cht\n"))
+    with pytest.raises(ZooError, match=r"bad\.de\.gz:3: invalid UTF-8 at byte 4"):
+        read_lines(tmp_path / "bad.de.gz")
+
+
+def test_corrupt_gzip_is_named(tmp_path):
+    (tmp_path / "c.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ZooError, match=r"c\.gz: cannot read"):
+        read_lines(tmp_path / "c.gz")
+
+
+def test_parallel_files_must_have_equal_line_counts(tmp_path):
+    (tmp_path / "s.de").write_text("a\nb\nc\n")
+    (tmp_path / "t.en").write_text("a\nb\n")
+    with pytest.raises(ZooError, match=r"s\.de has 3 lines but \S*t\.en has 2"):
+        read_parallel(tmp_path / "s.de", tmp_path / "t.en")
+
+
+def test_tokenizer_lowercases_and_splits_punctuation():
+    assert Tokenizer("de").tokenize("Ein Mann fährt Fahrrad.") == ["ein", "mann", "fährt", "fahrrad", "."]
+    assert Tokenizer("en", lowercase=False).tokenize("A man's bike, red.") == ["A", "man", "'s", "bike", ",", "red", "."]
+    assert Tokenizer("en").detokenize(["a", "man", "'s", "bike", ",", "red", "."]) == "a man's bike, red."
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
+def test_tokenizer_reproduces_the_official_multi30k_tok_files():
+    """The Multi30k tok/ files (Moses lowercase | normalize-punctuation | tokenizer.perl, which
+    XML-escapes): our pipeline gives the same tokens on every English test2016 sentence."""
+    raw = read_lines(SHARED / "test_2016_flickr.en.gz")
+    official = read_lines(SHARED / "tok" / "test_2016_flickr.lc.norm.tok.en.gz")
+    tokenizer = Tokenizer("en")
+    mismatches = [i for i, (r, o) in enumerate(zip(raw, official)) if " ".join(tokenizer.tokenize(r)) != html.unescape(o)]
+    assert len(raw) == 1000 and mismatches == []
+
+
+def test_vocab_specials_min_freq_and_order():
+    vocab = Vocab.build([["b", "a", "b"], ["c", "a", "b"], ["d"]], min_freq=2)
+    assert vocab.itos == ["<pad>", "<unk>", "<bos>", "<eos>", "b", "a"]
+    assert (PAD_ID, UNK_ID, BOS_ID, EOS_ID) == (0, 1, 2, 3)
+    assert vocab.encode(["a", "zzz", "b"]) == [5, UNK_ID, 4]
+    assert vocab.decode([BOS_ID, 4, PAD_ID, 5, EOS_ID, 4]) == ["b", "a"]
+
+
+def test_vocab_save_load_roundtrip(tmp_path):
+    vocab = Vocab.build([["ä", "ß", "ä", "ß"]], min_freq=1)
+    vocab.save(tmp_path / "v.json")
+    assert Vocab.load(tmp_path / "v.json").itos == vocab.itos
+
+
+def test_collate_pads_to_multiple_with_bos_eos_and_empty_rows():
+    src, tgt = [[5, 6], [7]], [[8], [9, 10, 11]]
+    b = collate(src, tgt, [0, 1], batch_size=3, length_multiple=4)
+    np.testing.assert_array_equal(b["src"], [[5, 6, EOS_ID, 0], [7, EOS_ID, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(b["src_length"], [3, 2, 0])
+    np.testing.assert_array_equal(b["tgt_in"], [[BOS_ID, 8, 0, 0], [BOS_ID, 9, 10, 11], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(b["tgt_out"], [[8, EOS_ID, 0, 0], [9, 10, 11, EOS_ID], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(b["tgt_length"], [2, 4, 0])
+    assert all(v.dtype == np.int32 for v in b.values())
+
+
+def test_batch_order_covers_every_example_once_and_is_deterministic():
+    lengths = np.random.default_rng(0).integers(1, 40, size=1000)
+    order = batch_order(lengths, 32, seed=1, epoch=0, pool=4)
+    assert sorted(np.concatenate(order).tolist()) == list(range(1000))
+    assert all(len(b) <= 32 for b in order)
+    assert [b.tolist() for b in order] == [b.tolist() for b in batch_order(lengths, 32, seed=1, epoch=0, pool=4)]
+    assert [b.tolist() for b in order] != [b.tolist() for b in batch_order(lengths, 32, seed=1, epoch=1, pool=4)]
+    # bucketing: a batch spans far fewer lengths than a random batch would
+    assert np.mean([np.ptp(lengths[b]) for b in order]) < 0.5 * np.mean([np.ptp(lengths[b]) for b in np.array_split(np.arange(1000), 32)])
