@@ -59,7 +59,7 @@ def test_train_step_lowers_loss(pipeline_and_batch):
     train_step = make_train_step(graphdef, tx)
     first = None
     for step in range(30):
-        state, metrics = train_step(state, batch, step_key(0, step))
+        state, metrics = train_step(state, batch, step_key(jax.random.key(0), step))
         first = float(metrics["loss"]) if first is None else first
     assert int(state["step"]) == 30
     assert first > 2.5  # about log(vocabulary size) at initialisation
@@ -74,11 +74,11 @@ def test_four_devices_give_single_device_numbers(pipeline_and_batch):
     host_state = jax.device_get(state)
     train_step = make_train_step(graphdef, tx)
     one = jax.devices()[0]
-    single_state, single = train_step(jax.device_put(host_state, one), jax.device_put(batch, one), step_key(0, 0))
+    single_state, single = train_step(jax.device_put(host_state, one), jax.device_put(batch, one), step_key(jax.random.key(0), 0))
     batch_sharding, replicated = data_parallel()
     sharded_batch = jax.device_put(batch, batch_sharding)
     assert len(sharded_batch["src"].sharding.device_set) == 4
-    multi_state, multi = train_step(jax.device_put(host_state, replicated), sharded_batch, step_key(0, 0))
+    multi_state, multi = train_step(jax.device_put(host_state, replicated), sharded_batch, step_key(jax.random.key(0), 0))
     np.testing.assert_allclose(float(multi["loss"]), float(single["loss"]), rtol=1e-6)
     np.testing.assert_allclose(float(multi["grad_norm"]), float(single["grad_norm"]), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(multi_state["params"]), jax.tree.leaves(single_state["params"])):

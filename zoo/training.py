@@ -100,9 +100,9 @@ def data_parallel():
     return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
 
-def step_key(seed: int, step: int):
-    """The dropout key of a global step: a function of (seed, step), so resuming replays it."""
-    return jax.random.fold_in(jax.random.key(seed), step)
+def step_key(key, step: int):
+    """The dropout key of a global step, fold_in(key, step): resuming with the saved key replays it."""
+    return jax.random.fold_in(key, step)
 
 
 def dataset_nll(eval_nll, params, src_ids, tgt_ids, batch_size: int, length_multiple: int) -> float:
@@ -161,10 +161,15 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
     tx = make_optimizer(t)
     graphdef, state = init_state(build(config.model_name, config.model, seed=t.seed), tx)
     store = CheckpointStore(workdir)
-    epoch, batch_index, best_val = 0, 0, math.inf
+    epoch, batch_index, best_val, key = 0, 0, math.inf, jax.random.key(t.seed)
     if store.latest_step() is not None:
         state, meta = store.restore(state)
         epoch, batch_index, best_val = meta["epoch"], meta["batch"], meta["best_val_loss"]
+        key = jax.random.wrap_key_data(np.asarray(meta["rng_key"], np.uint32))
+
+    def position(epoch: int, batch: int) -> dict:
+        """The checkpoint's JSON part: data position, best validation loss so far, PRNG key."""
+        return {"epoch": epoch, "batch": batch, "best_val_loss": best_val, "rng_key": jax.random.key_data(key).tolist()}
     batch_sharding, replicated = data_parallel()
     state = jax.device_put(state, replicated)
     train_step, eval_nll = make_train_step(graphdef, tx), make_eval_nll(graphdef)
@@ -183,7 +188,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
             while batch_index < len(batches) and step < total_steps:
                 tic = time.time()
                 batch = collate(*train_ids, batches[batch_index], t.batch_size, d.length_multiple)
-                state, metrics = train_step(state, jax.device_put(batch, batch_sharding), step_key(t.seed, step))
+                state, metrics = train_step(state, jax.device_put(batch, batch_sharding), step_key(key, step))
                 loss, tokens = float(metrics["loss"]), int(metrics["tokens"])
                 step, batch_index = step + 1, batch_index + 1
                 tokens_per_s = tokens / (time.time() - tic)
@@ -191,7 +196,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
                 if step % t.checkpoint_every == 0 and batch_index < len(batches):  # else saved below
-                    store.save(step, state, {"epoch": epoch, "batch": batch_index, "best_val_loss": best_val})
+                    store.save(step, state, position(epoch, batch_index))
             if batch_index < len(batches):
                 break  # max_steps reached inside the epoch
             epoch, batch_index = epoch + 1, 0
@@ -199,9 +204,9 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
             best_val = min(best_val, val_loss)
             log.write(event="validation", step=step, epoch=epoch, val_loss=val_loss, val_ppl=math.exp(val_loss))
             bar.write(f"epoch {epoch}: val loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})")
-            store.save(step, state, {"epoch": epoch, "batch": 0, "best_val_loss": best_val}, val_loss=val_loss)
+            store.save(step, state, position(epoch, 0), val_loss=val_loss)
         if store.latest_step() != step:
-            store.save(step, state, {"epoch": epoch, "batch": batch_index, "best_val_loss": best_val})
+            store.save(step, state, position(epoch, batch_index))
     finally:
         bar.close()
         store.close()
