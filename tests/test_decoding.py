@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.data.vocab import BOS_ID, EOS_ID, UNK_ID
-from zoo.decoding import beam_search, greedy
+from zoo.decoding import beam_search, decode, greedy
 from zoo.models import build
 
 A, B = 4, 5  # two ordinary tokens after <pad> <unk> <bos> <eos>
@@ -57,3 +57,20 @@ def test_beam_of_one_is_greedy_on_a_real_model():
     assert b_tokens.tolist()[: first_eos + 1] == g_tokens.tolist()[: first_eos + 1]
     np.testing.assert_allclose(b_weights[: first_eos + 1], g_weights[: first_eos + 1], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(g_weights)[:, 4:], 0.0)  # padding gets no attention
+
+
+def test_decode_reading_every_reference_token_is_teacher_forcing():
+    model = build("bahdanau", src_vocab_size=20, tgt_vocab_size=15, embed_dim=8, hidden_dim=8, attention_dim=8, maxout_dim=8, seed=2)
+    src, tgt_in = jnp.array([5, 9, 7, EOS_ID], jnp.int32), jnp.array([BOS_ID, 6, 11, 4, 9], jnp.int32)
+    expected_logits, expected_weights = model(src, jnp.int32(4), tgt_in)
+    memory = model.encode(src, jnp.int32(4))
+    _, logits, weights = decode(model, memory, tgt_in, jnp.ones((5,), bool))
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-6)
+    # reading the reference only at step 2: steps 0-1 are greedy, step 2 sees token 11
+    tokens, mixed, _ = decode(model, memory, tgt_in, jnp.arange(5) == 2)
+    g_tokens, g_logits, _ = greedy(model, memory, 5)
+    np.testing.assert_allclose(mixed[:2], g_logits[:2], rtol=1e-6)
+    assert tokens[:2].tolist() == g_tokens[:2].tolist()
+    if g_tokens[1] != 11:
+        assert not np.allclose(mixed[2], g_logits[2])

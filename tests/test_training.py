@@ -1,5 +1,6 @@
 """Training step, data parallelism, checkpoints, exact resume and zoo.load, on a tiny corpus."""
 
+import dataclasses
 import json
 import shutil
 
@@ -16,7 +17,8 @@ from zoo.data.corpora import load_split
 from zoo.data.pipeline import TextPipeline
 from zoo.errors import ZooError
 from zoo.models import build
-from zoo.training import data_parallel, init_state, make_optimizer, make_train_step, step_key, train
+from zoo.decoding import greedy
+from zoo.training import data_parallel, example_nll, init_state, make_optimizer, make_train_step, step_key, train
 from zoo.translator import Translator
 
 
@@ -147,3 +149,24 @@ def test_workdir_refuses_another_config(tmp_path, data_dir):
     with pytest.raises(ZooError, match=r"model\.hidden_dim=16, not 32"):
         train(bigger, tmp_path, data_dir, progress=False)
     assert (tmp_path / "config.json").read_text() == before
+
+
+def test_teacher_forcing_ratio_ends_are_teacher_forced_and_free_running(pipeline_and_batch):
+    _, model_config, batch = pipeline_and_batch
+    model = build("bahdanau", dataclasses.replace(model_config, dropout=0.0))
+    example = jax.tree.map(lambda x: x[1], batch)
+    key = jax.random.key(5)
+    forced = example_nll(model, example)
+    np.testing.assert_allclose(example_nll(model, example, key, teacher_forcing=1.0), forced, rtol=1e-6)
+    # free running by hand: greedy logits scored against the reference tokens
+    memory = model.encode(example["src"], example["src_length"])
+    _, logits, _ = greedy(model, memory, example["tgt_out"].shape[0])
+    n = int(example["tgt_length"])
+    log_p = jax.nn.log_softmax(logits[:n])
+    by_hand = -float(sum(log_p[i, example["tgt_out"][i]] for i in range(n)))
+    for k in (None, key):
+        nll, count = example_nll(model, example, k, teacher_forcing=0.0)
+        np.testing.assert_allclose(float(nll), by_hand, rtol=1e-5)
+        assert int(count) == n
+    with pytest.raises(ValueError, match="needs a key"):
+        example_nll(model, example, None, teacher_forcing=0.5)

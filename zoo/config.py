@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100  # steps between resumable checkpoints
     max_steps: int | None = None  # stop early (tests, smoke runs)
+    teacher_forcing: float = 1.0  # probability that a decoder step reads the reference token
 
 
 @dataclass(frozen=True)

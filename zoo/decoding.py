@@ -11,29 +11,49 @@ import jax.numpy as jnp
 from zoo.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
-def greedy(model, memory, max_length: int):
-    """Greedy decoding: y_i = argmax_y p(y | y_<i, x), fed back as the next input.
+def decode(model, memory, inputs, use_inputs, key=None):
+    """Run the decoder for T steps; step i reads ``inputs[i]`` where ``use_inputs[i]``, else
+    its own previous prediction argmax_y p(y | ·) (``<bos>`` before the first step).
 
-    Decoding runs all ``max_length`` steps (static shapes); read the hypothesis up to its first
-    ``<eos>``. Scoring these logits against a reference gives the free-running loss.
+    ``use_inputs`` all True is teacher forcing (``model(...)`` computes the same logits faster,
+    with the output layer outside the scan); all False is greedy decoding; drawn at random with
+    probability r it is the teacher forcing ratio r of the PyTorch tutorials ("scheduled
+    sampling", Bengio et al. 2015, with a fixed r). No gradient flows through the argmax.
 
     Args:
       model: a zoo seq2seq model; memory: ``model.encode(...)`` of one source sentence.
-      max_length: number of steps T.
+      inputs: int32 (T,), the reference decoder inputs [<bos>, y_1, ...].
+      use_inputs: bool (T,).
+      key: dropout PRNG key, or None.
 
     Returns:
-      ``(tokens int32 (T,), logits (T, V), weights (T, S))``.
+      ``(tokens int32 (T,), logits (T, V), weights (T, S))``: the argmax at each step, the
+      output logits and the attention weights.
     """
+    keys = None if key is None else jax.random.split(key, inputs.shape[0])
 
-    def step(carry, _):
-        state, y_prev = carry
-        state, logits, weights = model.decode_step(memory, state, y_prev)
+    def step(carry, xs):
+        state, predicted = carry
+        reference, use_reference, k = xs
+        state, logits, weights = model.decode_step(memory, state, jnp.where(use_reference, reference, predicted), k)
         y = jnp.argmax(logits).astype(jnp.int32)
         return (state, y), (y, logits, weights)
 
     init = (model.initial_decoder_state(memory), jnp.int32(BOS_ID))
-    _, (tokens, logits, weights) = jax.lax.scan(step, init, None, length=max_length)
+    _, (tokens, logits, weights) = jax.lax.scan(step, init, (inputs, use_inputs, keys))
     return tokens, logits, weights
+
+
+def greedy(model, memory, max_length: int):
+    """Greedy decoding: y_i = argmax_y p(y | y_<i, x), fed back as the next input (see :func:`decode`).
+
+    Decoding runs all ``max_length`` steps (static shapes); read the hypothesis up to its first
+    ``<eos>``. Scoring these logits against a reference gives the free-running loss.
+
+    Returns:
+      ``(tokens int32 (T,), logits (T, V), weights (T, S))``.
+    """
+    return decode(model, memory, jnp.full((max_length,), BOS_ID, jnp.int32), jnp.zeros((max_length,), bool))
 
 
 def beam_search(model, memory, beam_size: int, max_length: int, length_penalty: float = 1.0):

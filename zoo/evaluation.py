@@ -15,17 +15,11 @@ Two perplexities, exp of the token-level mean cross-entropy over the references:
 
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 from sacrebleu.metrics import BLEU
 
-from zoo import decoding
 from zoo.data.batching import collate
 from zoo.data.tokenize import Tokenizer
-from zoo.functional.masks import length_mask
 from zoo.training import make_eval_nll
 
 
@@ -45,29 +39,11 @@ def corpus_bleu(hypotheses: list[str], references: list[str], lang: str) -> dict
     }
 
 
-def _make_free_running_nll(graphdef):
-    """Compiled ``(params, batch) -> (nll_sum, num_tokens)`` with the decoder fed its own argmax."""
-
-    def one(model, ex):
-        memory = model.encode(ex["src"], ex["src_length"])
-        _, logits, _ = decoding.greedy(model, memory, ex["tgt_out"].shape[0])
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, ex["tgt_out"])
-        mask = length_mask(ex["tgt_length"], ex["tgt_out"].shape[0])
-        return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask, dtype=jnp.float32)
-
-    def batch_fn(params, batch):
-        model = nnx.merge(graphdef, params)
-        nll, n = jax.vmap(lambda ex: one(model, ex))(batch)
-        return jnp.sum(nll), jnp.sum(n)
-
-    return jax.jit(batch_fn)
-
-
 def perplexities(translator, sources: list[str], references: list[str], batch_size: int = 64) -> dict:
     """Teacher-forced and free-running perplexity of the references (see the module docstring)."""
     p = translator.pipeline
     src_ids, tgt_ids = p.encode_source(sources), p.encode_target(references)
-    fns = {"ppl_teacher_forced": make_eval_nll(translator.graphdef), "ppl_free_running": _make_free_running_nll(translator.graphdef)}
+    fns = {"ppl_teacher_forced": make_eval_nll(translator.graphdef), "ppl_free_running": make_eval_nll(translator.graphdef, 0.0)}
     totals = {name: [0.0, 0] for name in fns}
     order = np.argsort([len(s) for s in src_ids], kind="stable")
     for start in range(0, len(order), batch_size):

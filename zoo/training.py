@@ -25,35 +25,51 @@ from zoo.config import Config, TrainConfig
 from zoo.data.batching import batch_order, collate
 from zoo.data.corpora import load_split
 from zoo.data.pipeline import TextPipeline
+from zoo.decoding import decode
 from zoo.functional.masks import length_mask
 from zoo.models import build
 
 
-def example_nll(model, example, key=None):
-    """Teacher-forced negative log-likelihood of one example, summed over its real target tokens.
+def example_nll(model, example, key=None, teacher_forcing: float = 1.0):
+    """Negative log-likelihood of one example, summed over its real target tokens.
 
     Args:
       model: a zoo seq2seq model (one example at a time).
       example: dict of ``src`` (S,), ``src_length``, ``tgt_in`` (T,), ``tgt_out`` (T,), ``tgt_length``.
-      key: dropout PRNG key, or None.
+      key: PRNG key for dropout and the teacher-forcing coins, or None (no dropout).
+      teacher_forcing: the probability r that a decoder step reads the reference token rather
+        than its own previous prediction (:func:`zoo.decoding.decode`): 1 is teacher forcing,
+        0 free running (greedy), in between needs a ``key``.
 
     Returns:
       ``(nll, num_tokens)``: float32 scalars, −Σ_t log p(y_t | y_<t, x) over t < tgt_length, and that count.
+
+    Raises:
+      ValueError: 0 < teacher_forcing < 1 without a key.
     """
-    logits, _ = model(example["src"], example["src_length"], example["tgt_in"], key=key)
+    if teacher_forcing >= 1.0:
+        logits, _ = model(example["src"], example["src_length"], example["tgt_in"], key=key)
+    else:
+        if key is None and teacher_forcing > 0.0:
+            raise ValueError(f"teacher_forcing={teacher_forcing} draws coins and needs a key")
+        k_enc, k_dec, k_coin = [None] * 3 if key is None else jax.random.split(key, 3)
+        memory = model.encode(example["src"], example["src_length"], k_enc)
+        shape = example["tgt_in"].shape
+        use_reference = jnp.zeros(shape, bool) if k_coin is None else jax.random.bernoulli(k_coin, teacher_forcing, shape)
+        _, logits, _ = decode(model, memory, example["tgt_in"], use_reference, k_dec)
     mask = length_mask(example["tgt_length"], example["tgt_out"].shape[0])
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, example["tgt_out"])
     return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask, dtype=jnp.float32)
 
 
-def batch_nll(graphdef, params, batch, key=None):
+def batch_nll(graphdef, params, batch, key=None, teacher_forcing: float = 1.0):
     """Summed NLL and token count of a batch: :func:`example_nll` vmapped over its examples."""
     model = nnx.merge(graphdef, params)
     if key is None:
-        nll, n = jax.vmap(lambda ex: example_nll(model, ex))(batch)
+        nll, n = jax.vmap(lambda ex: example_nll(model, ex, None, teacher_forcing))(batch)
     else:
         keys = jax.random.split(key, batch["src"].shape[0])
-        nll, n = jax.vmap(lambda ex, k: example_nll(model, ex, k))(batch, keys)
+        nll, n = jax.vmap(lambda ex, k: example_nll(model, ex, k, teacher_forcing))(batch, keys)
     return jnp.sum(nll), jnp.sum(n)
 
 
@@ -69,7 +85,7 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation):
     return graphdef, {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def make_train_step(graphdef, tx):
+def make_train_step(graphdef, tx, teacher_forcing: float = 1.0):
     """The compiled ``train_step(state, batch, key) -> (state, metrics)``; ``state`` is donated.
 
     The loss is the mean token-level cross-entropy over the batch's real target tokens.
@@ -78,7 +94,7 @@ def make_train_step(graphdef, tx):
 
     def train_step(state, batch, key):
         def loss_fn(params):
-            nll, n = batch_nll(graphdef, params, batch, key)
+            nll, n = batch_nll(graphdef, params, batch, key, teacher_forcing)
             return nll / jnp.maximum(n, 1), n
 
         (loss, n), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -89,9 +105,10 @@ def make_train_step(graphdef, tx):
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_nll(graphdef):
-    """Compiled ``eval_nll(params, batch) -> (nll_sum, num_tokens)``, teacher-forced, no dropout."""
-    return jax.jit(lambda params, batch: batch_nll(graphdef, params, batch))
+def make_eval_nll(graphdef, teacher_forcing: float = 1.0):
+    """Compiled ``eval_nll(params, batch) -> (nll_sum, num_tokens)`` without dropout; teacher-forced,
+    or free-running (greedy) with ``teacher_forcing=0``."""
+    return jax.jit(lambda params, batch: batch_nll(graphdef, params, batch, None, teacher_forcing))
 
 
 def data_parallel():
@@ -172,7 +189,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
         return {"epoch": epoch, "batch": batch, "best_val_loss": best_val, "rng_key": jax.random.key_data(key).tolist()}
     batch_sharding, replicated = data_parallel()
     state = jax.device_put(state, replicated)
-    train_step, eval_nll = make_train_step(graphdef, tx), make_eval_nll(graphdef)
+    train_step, eval_nll = make_train_step(graphdef, tx, t.teacher_forcing), make_eval_nll(graphdef)
     step = int(state["step"])
     log = MetricsLog(workdir / "metrics.jsonl", step)
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))

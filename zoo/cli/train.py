@@ -24,6 +24,8 @@ def parse_args(argv=None):
     p.add_argument("--clip-norm", type=float, default=TrainConfig.clip_norm)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help="steps")
+    p.add_argument("--teacher-forcing", type=float, default=TrainConfig.teacher_forcing,
+                   help="probability that a decoder step reads the reference token, else its own prediction")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
     p.add_argument("--no-lowercase", action="store_true", help="keep the corpus's casing")
     p.add_argument("--min-freq", type=int, default=DataConfig.min_freq)
@@ -52,13 +54,15 @@ def model_overrides(pairs: list[str], model_config) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if not 0.0 <= args.teacher_forcing <= 1.0:
+            raise ZooError(f"--teacher-forcing {args.teacher_forcing}: must be in [0, 1]")
         model_config = MODEL_CONFIGS[args.model]()
         config = Config(
             model_name=args.model,
             model=replace_fields(model_config, model_overrides(args.set, model_config)),
             data=DataConfig(args.dataset, args.src_lang, args.tgt_lang, not args.no_lowercase, args.min_freq),
             train=TrainConfig(args.epochs, args.batch_size, args.learning_rate, args.clip_norm, args.seed,
-                              args.checkpoint_every, args.max_steps),
+                              args.checkpoint_every, args.max_steps, args.teacher_forcing),
         )
         from zoo.training import train
 

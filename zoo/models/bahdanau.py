@@ -12,7 +12,8 @@ Glossary of shapes: S source length, T target length, E embedding width, H hidde
     t_i = maxout(U_o s_i + C_o c_i + V_o E y_{i-1})  deep output, pool 2 (appendix A.2.2)
     p(y_i | y_<i, x) = softmax(W_o t_i)              (eq. 4: g(y_{i-1}, s_i, c_i))
 
-The output layer reads the new state s_i, following eq. (4) of the main text.
+The output layer reads the new state s_i, following eq. (4) of the main text. Dropout
+(``config.dropout``) acts on the source and target embeddings and on t_i.
 """
 
 from typing import NamedTuple
@@ -54,7 +55,7 @@ class Bahdanau(nnx.Module):
         self.deep_output = nnx.Linear(3 * c.hidden_dim + c.embed_dim, 2 * c.maxout_dim, rngs=rngs)
         self.output = nnx.Linear(c.maxout_dim, c.tgt_vocab_size, rngs=rngs)
 
-    def _keys(self, key, n):
+    def _split_keys(self, key, n):
         return [None] * n if key is None else list(jax.random.split(key, n))
 
     def encode(self, src, src_length, key=None) -> Memory:
@@ -81,7 +82,7 @@ class Bahdanau(nnx.Module):
 
     def decode_step(self, memory: Memory, state, y_prev, key=None):
         """One free-running step: previous token id y_prev (int) -> (state, logits (V,), α (S,))."""
-        k_emb, k_out = self._keys(key, 2)
+        k_emb, k_out = self._split_keys(key, 2)
         y_emb = dropout(k_emb, self.tgt_embed(y_prev), self.config.dropout)
         s, context, weights = self._recur(memory, state, y_emb)
         return s, self._logits(s, context, y_emb, k_out), weights
@@ -94,7 +95,7 @@ class Bahdanau(nnx.Module):
         Returns:
           ``(logits (T, V), weights (T, S))``.
         """
-        k_enc, k_emb, k_out = self._keys(key, 3)
+        k_enc, k_emb, k_out = self._split_keys(key, 3)
         memory = self.encode(src, src_length, k_enc)
         y_emb = dropout(k_emb, self.tgt_embed(tgt_in), self.config.dropout)  # (T, E)
 
