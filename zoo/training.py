@@ -164,14 +164,13 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
     d, t = config.data, config.train
     train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
     val_src, val_tgt = load_split(d.dataset, "val", d.src_lang, d.tgt_lang, data_dir)
-    if (workdir / TextPipeline.FILES[0]).exists():
-        pipeline = TextPipeline.load(d, workdir)
-    else:
-        pipeline = TextPipeline.build(d, train_src, train_tgt)
+    resuming = (workdir / TextPipeline.FILES[0]).exists()
+    pipeline = TextPipeline.load(d, workdir) if resuming else TextPipeline.build(d, train_src, train_tgt)
     vocab_sizes = {"src_vocab_size": len(pipeline.src_vocab), "tgt_vocab_size": len(pipeline.tgt_vocab)}
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, **vocab_sizes))
     write_or_check_config(workdir, config)
-    pipeline.save(workdir)
+    if not resuming:
+        pipeline.save(workdir)
     train_ids = pipeline.encode_source(train_src), pipeline.encode_target(train_tgt)
     val_ids = pipeline.encode_source(val_src), pipeline.encode_target(val_tgt)
 
@@ -187,6 +186,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
     def position(epoch: int, batch: int) -> dict:
         """The checkpoint's JSON part: data position, best validation loss so far, PRNG key."""
         return {"epoch": epoch, "batch": batch, "best_val_loss": best_val, "rng_key": jax.random.key_data(key).tolist()}
+
     batch_sharding, replicated = data_parallel()
     state = jax.device_put(state, replicated)
     train_step, eval_nll = make_train_step(graphdef, tx, t.teacher_forcing), make_eval_nll(graphdef)
