@@ -49,6 +49,8 @@ def main(argv=None) -> int:
             raise ZooError("--src and --ref go together")
         if args.beam_size < 1:
             raise ZooError(f"--beam-size {args.beam_size}: must be at least 1")
+        if args.plot_sentences < 1:
+            raise ZooError(f"--plot-sentences {args.plot_sentences}: must be at least 1")
         check_outputs(args)
         from zoo.checkpoint import read_config
         from zoo.data.corpora import load_split
