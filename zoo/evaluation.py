@@ -15,12 +15,10 @@ Two perplexities, exp of the token-level mean cross-entropy over the references:
 
 import math
 
-import numpy as np
 from sacrebleu.metrics import BLEU
 
-from zoo.data.batching import collate
 from zoo.data.tokenize import Tokenizer
-from zoo.training import make_eval_nll
+from zoo.training import dataset_nll, make_eval_nll
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str], lang: str) -> dict:
@@ -42,17 +40,13 @@ def corpus_bleu(hypotheses: list[str], references: list[str], lang: str) -> dict
 def perplexities(translator, sources: list[str], references: list[str], batch_size: int = 64) -> dict:
     """Teacher-forced and free-running perplexity of the references (see the module docstring)."""
     p = translator.pipeline
-    src_ids, tgt_ids = p.encode_source(sources), p.encode_target(references)
-    fns = {"ppl_teacher_forced": make_eval_nll(translator.graphdef), "ppl_free_running": make_eval_nll(translator.graphdef, 0.0)}
-    totals = {name: [0.0, 0] for name in fns}
-    order = np.argsort([len(s) for s in src_ids], kind="stable")
-    for start in range(0, len(order), batch_size):
-        batch = collate(src_ids, tgt_ids, order[start : start + batch_size], batch_size, translator.config.data.length_multiple)
-        for name, fn in fns.items():
-            nll, n = fn(translator.params, batch)
-            totals[name][0] += float(nll)
-            totals[name][1] += int(n)
-    return {name: math.exp(total / max(count, 1)) for name, (total, count) in totals.items()}
+    ids = p.encode_source(sources), p.encode_target(references)
+
+    def perplexity(teacher_forcing: float) -> float:
+        eval_nll = make_eval_nll(translator.graphdef, teacher_forcing)
+        return math.exp(dataset_nll(eval_nll, translator.params, *ids, batch_size, translator.config.data.length_multiple))
+
+    return {"ppl_teacher_forced": perplexity(1.0), "ppl_free_running": perplexity(0.0)}
 
 
 def evaluate(translator, sources: list[str], references: list[str], beam_size: int = 1) -> tuple[dict, list[str]]:
