@@ -13,14 +13,16 @@ from zoo.checkpoint import CheckpointStore, read_config
 from zoo.config import Config
 from zoo.data.batching import collate
 from zoo.data.pipeline import TextPipeline
+from zoo.data.vocab import EOS_ID
 from zoo.models import build
 from zoo.training import init_state, make_optimizer
 
 
 @dataclass
 class Translation:
+    text: str  # the detokenized hypothesis
     source_tokens: list[str]  # the tokenized source, then "<eos>"
-    tokens: list[str]  # the hypothesis, then "<eos>" when it ended
+    tokens: list[str]  # the decoded tokens up to and including the first "<eos>" (if any)
     attention: np.ndarray  # (len(tokens), len(source_tokens)): row i is α_i over the source
 
 
@@ -32,6 +34,7 @@ class Translator:
 
     @property
     def model(self) -> nnx.Module:
+        """The model as a ``flax.nnx.Module`` holding the loaded parameters (one example at a time)."""
         return nnx.merge(self.graphdef, self.params)
 
     @partial(jax.jit, static_argnums=(0, 3, 4))
@@ -59,12 +62,15 @@ class Translator:
             max_length = 2 * batch["src"].shape[1] + 8
             tokens, weights = jax.device_get(self._decode(self.params, batch, beam_size, max_length))
             for row, i in enumerate(idx):
-                hyp = p.tgt_vocab.decode(tokens[row])
-                rows = min(len(hyp) + 1, max_length)  # the hypothesis and its <eos>
+                ids = tokens[row].tolist()
+                rows = ids.index(EOS_ID) + 1 if EOS_ID in ids else max_length
                 cols = int(batch["src_length"][row])
-                source = [p.src_vocab.itos[t] for t in batch["src"][row, : cols - 1]] + ["<eos>"]
-                ended = rows == len(hyp) + 1
-                out[i] = Translation(source, hyp + ["<eos>"] * ended, weights[row, :rows, :cols])
+                out[i] = Translation(
+                    text=p.tgt_tokenizer.detokenize(p.tgt_vocab.decode(ids)),
+                    source_tokens=[p.src_vocab.itos[t] for t in batch["src"][row, :cols]],
+                    tokens=[p.tgt_vocab.itos[t] for t in ids[:rows]],
+                    attention=weights[row, :rows, :cols],
+                )
         return out
 
     def translate(self, sentences: list[str], beam_size: int = 1) -> tuple[list[str], list[np.ndarray]]:
@@ -79,8 +85,7 @@ class Translator:
           matrix (target tokens incl. <eos>) × (source tokens incl. <eos>).
         """
         results = self.translate_tokens(sentences, beam_size)
-        detok = self.pipeline.tgt_tokenizer.detokenize
-        return [detok([t for t in r.tokens if t != "<eos>"]) for r in results], [r.attention for r in results]
+        return [r.text for r in results], [r.attention for r in results]
 
 
 def load(workdir, step: int | None = None) -> Translator:
