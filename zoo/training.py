@@ -164,12 +164,12 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
     d, t = config.data, config.train
     train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
     val_src, val_tgt = load_split(d.dataset, "val", d.src_lang, d.tgt_lang, data_dir)
-    resuming = (workdir / TextPipeline.FILES[0]).exists()
-    pipeline = TextPipeline.load(d, workdir) if resuming else TextPipeline.build(d, train_src, train_tgt)
+    has_vocab = (workdir / TextPipeline.FILES[0]).exists()  # a workdir that was started before
+    pipeline = TextPipeline.load(d, workdir) if has_vocab else TextPipeline.build(d, train_src, train_tgt)
     vocab_sizes = {"src_vocab_size": len(pipeline.src_vocab), "tgt_vocab_size": len(pipeline.tgt_vocab)}
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, **vocab_sizes))
     write_or_check_config(workdir, config)
-    if not resuming:
+    if not has_vocab:
         pipeline.save(workdir)
     train_ids = pipeline.encode_source(train_src), pipeline.encode_target(train_tgt)
     val_ids = pipeline.encode_source(val_src), pipeline.encode_target(val_tgt)
