@@ -136,12 +136,12 @@ def test_gru_cell_applies_reset_after_the_hidden_matmul():
     assert np.all(np.abs(np.asarray(carry) - before) > 1e-2)
 
 
-def test_gru_input_projection_and_hidden_update_compose_to_cell():
+def test_gru_input_projection_and_update_compose_to_cell():
     params = _random_gru_params(0, 3, 4)
     h = _normal(1, (4,))
     x = _normal(2, (3,))
     h_cell, _ = cells.gru_cell(params, h, x)
-    h_split = cells.gru_hidden_update(params, h, cells.gru_input_projection(params, x))
+    h_split = cells.gru_update(params, h, cells.input_projection(params, x))[0]
     np.testing.assert_allclose(h_cell, h_split, rtol=0, atol=1e-7)
     ref = _gru_reference({k: np.asarray(v) for k, v in params.items()}, np.asarray(h, np.float64),
                          np.asarray(x, np.float64))
@@ -190,7 +190,7 @@ def test_gru_scan_equals_python_loop_over_cell():
     for t in range(T):
         h, y = cells.gru_cell(params, h, xs[t])
         expected.append(y)
-    h_last, hs = cells.gru(params, xs, T, h0)
+    h_last, hs = cells.recurrent("gru", params, xs, T, h0)
     np.testing.assert_allclose(hs, jnp.stack(expected), rtol=0, atol=1e-6)
     np.testing.assert_allclose(h_last, h, rtol=0, atol=1e-6)
 
@@ -198,11 +198,11 @@ def test_gru_scan_equals_python_loop_over_cell():
     h, expected = h0, [None] * T
     for t in reversed(range(T)):
         h, expected[t] = cells.gru_cell(params, h, xs[t])
-    h_last, hs = cells.gru(params, xs, T, h0, reverse=True)
+    h_last, hs = cells.recurrent("gru", params, xs, T, h0, reverse=True)
     np.testing.assert_allclose(hs, jnp.stack(expected), rtol=0, atol=1e-6)
     np.testing.assert_allclose(h_last, h, rtol=0, atol=1e-6)
     # and reverse really differs from forward here
-    assert not np.allclose(hs, cells.gru(params, xs, T, h0)[1], atol=1e-3)
+    assert not np.allclose(hs, cells.recurrent("gru", params, xs, T, h0)[1], atol=1e-3)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -214,16 +214,16 @@ def test_gru_padding_invariance(reverse):
     garbage = _normal(3, (T - L, D), 100.0)
     padded = jnp.concatenate([real, garbage])
 
-    h_ref, hs_ref = cells.gru(params, real, L, h0, reverse=reverse)
-    h_pad, hs_pad = cells.gru(params, padded, L, h0, reverse=reverse)
+    h_ref, hs_ref = cells.recurrent("gru", params, real, L, h0, reverse=reverse)
+    h_pad, hs_pad = cells.recurrent("gru", params, padded, L, h0, reverse=reverse)
     np.testing.assert_allclose(hs_pad[:L], hs_ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(h_pad, h_ref, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(hs_pad[L:], np.zeros((T - L, H)))
     # sanity: the garbage would change the result if it were read
-    h_full, _ = cells.gru(params, padded, T, h0, reverse=reverse)
+    h_full, _ = cells.recurrent("gru", params, padded, T, h0, reverse=reverse)
     assert not np.allclose(h_full, h_ref, atol=1e-3)
     if reverse:  # the backward direction is the forward GRU over the flipped real tokens
-        h_flip, hs_flip = cells.gru(params, real[::-1], L, h0)
+        h_flip, hs_flip = cells.recurrent("gru", params, real[::-1], L, h0)
         np.testing.assert_allclose(hs_pad[:L], hs_flip[::-1], rtol=0, atol=1e-6)
         np.testing.assert_allclose(h_pad, h_flip, rtol=0, atol=1e-6)
 
@@ -233,7 +233,7 @@ def test_gru_zero_length_returns_h0(reverse):
     params = _random_gru_params(0, 2, 3)
     h0 = jnp.array([0.1, -0.2, 0.3])
     xs = _normal(1, (4, 2))
-    h, hs = cells.gru(params, xs, 0, h0, reverse=reverse)
+    h, hs = cells.recurrent("gru", params, xs, 0, h0, reverse=reverse)
     np.testing.assert_array_equal(h, h0)
     np.testing.assert_array_equal(hs, np.zeros((4, 3)))
 
@@ -244,10 +244,10 @@ def test_gru_vmap_jit_over_lengths():
     xs = _normal(1, (3, T, D))
     lengths = jnp.array([5, 2, 0], jnp.int32)
     h0 = jnp.zeros(H)
-    run = jax.jit(jax.vmap(lambda x, n: cells.gru(params, x, n, h0, reverse=True)))
+    run = jax.jit(jax.vmap(lambda x, n: cells.recurrent("gru", params, x, n, h0, reverse=True)))
     h_b, hs_b = run(xs, lengths)
     for b, n in enumerate([5, 2, 0]):
-        h, hs = cells.gru(params, xs[b, :n], n, h0, reverse=True)
+        h, hs = cells.recurrent("gru", params, xs[b, :n], n, h0, reverse=True)
         np.testing.assert_allclose(h_b[b], h, rtol=0, atol=1e-6)
         np.testing.assert_allclose(hs_b[b, :n], hs, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(hs_b[b, n:], 0.0)
@@ -262,7 +262,8 @@ def test_additive_score_hand_computed():
     v = jnp.array([2.0, 3.0])
     # j=0: tanh([1.0, 0.0]) · v = 2 tanh(1) = 1.5231883
     # j=1: tanh([0.5, 0.5]) · v = 5 tanh(0.5) = 2.3105858
-    e = attention.additive_score(query_proj, keys_proj, v)
+    # W_q = I, so W_q q = query_proj
+    e = attention.additive_score({"w_query": jnp.eye(2), "v": v}, query_proj, keys_proj)
     assert e.shape == (2,)
     np.testing.assert_allclose(e, [1.5231883, 2.3105858], rtol=0, atol=1e-6)
     np.testing.assert_allclose(e, [2 * np.tanh(1.0), 5 * np.tanh(0.5)], rtol=0, atol=1e-6)
@@ -338,6 +339,12 @@ def test_context_vector_hand_computed():
                                [[1.0, 2.0], [2.0, 3.0], [2.5, 3.5]], rtol=0, atol=1e-6)
 
 
+def _additive_attention(query_proj, keys_proj, values, v, mask):
+    logits = attention.additive_score({"w_query": jnp.eye(query_proj.shape[0]), "v": v}, query_proj, keys_proj)
+    weights = attention.masked_softmax(logits, mask)
+    return attention.context_vector(weights, values), weights
+
+
 def test_additive_attention_weights_and_context():
     S, H, C, L = 5, 4, 3, 3
     query_proj = _normal(1, (H,))
@@ -346,7 +353,7 @@ def test_additive_attention_weights_and_context():
     v = _normal(4, (H,))
     mask = masks.length_mask(L, S)
 
-    context, weights = attention.additive_attention(query_proj, keys_proj, values, v, mask)
+    context, weights = _additive_attention(query_proj, keys_proj, values, v, mask)
     assert context.shape == (C,) and weights.shape == (S,)
     np.testing.assert_allclose(weights.sum(), 1.0, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(weights[L:], 0.0)
@@ -357,7 +364,7 @@ def test_additive_attention_weights_and_context():
     # garbage keys/values at padded positions change nothing
     keys_g = keys_proj.at[L:].set(1e3)
     values_g = values.at[L:].set(-1e3)
-    context_g, weights_g = attention.additive_attention(query_proj, keys_g, values_g, v, mask)
+    context_g, weights_g = _additive_attention(query_proj, keys_g, values_g, v, mask)
     np.testing.assert_allclose(context_g, context, rtol=0, atol=1e-6)
     np.testing.assert_allclose(weights_g, weights, rtol=0, atol=1e-7)
 

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,9 +23,71 @@ class BahdanauConfig:
     attention_dim: int = 512
     maxout_dim: int = 512
     dropout: float = 0.5
+    score: str = "additive"  # any of zoo.functional.attention.SCORES whose widths fit (query H, keys 2H)
+    hard_attention: bool = False
 
 
-MODEL_CONFIGS = {"bahdanau": BahdanauConfig}
+@dataclass(frozen=True)
+class SutskeverConfig:
+    """Sutskever, Vinyals & Le (2014): a deep LSTM reads the source, its final states initialise a
+    deep LSTM decoder; nothing else passes between them.
+
+    The paper: 4 layers of 1000 cells, 1000-wide embeddings, reversed source, WMT'14. The defaults
+    are the PyTorch seq2seq tutorial's (notebook 1) sizes: 2 layers of 512, embeddings 256, dropout 0.5.
+    """
+
+    src_vocab_size: int = 8000
+    tgt_vocab_size: int = 6000
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    num_layers: int = 2
+    dropout: float = 0.5
+    reverse_source: bool = True  # section 3.3: "reversing the source sentences"
+
+
+@dataclass(frozen=True)
+class ChoConfig:
+    """Cho et al. (2014) RNN encoder-decoder: the summary C enters every decoder step and the output.
+
+    The paper: 1000 hidden units, 100-wide embeddings, maxout 500, GRU with the reset gate
+    applied before the hidden product. Defaults follow the tutorial's (notebook 2) sizes.
+    """
+
+    src_vocab_size: int = 8000
+    tgt_vocab_size: int = 6000
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    maxout_dim: int = 512
+    dropout: float = 0.5
+    reset_after: bool = False  # False: the paper's GRU (eq. 8); True: cuDNN/PyTorch's
+
+
+@dataclass(frozen=True)
+class LuongConfig:
+    """Luong, Pham & Manning (2015): stacked LSTMs, attention on the top decoder state h_t,
+    attentional state h̃_t = tanh(W_c [c_t; h_t]), input feeding.
+
+    The paper: 4 layers of 1000 cells, dropout 0.2, reversed source. Defaults: 2 layers of 512,
+    embeddings 256, dropout 0.5 (the tutorial's sizes); the source is read in order so that
+    local-m's monotone p_t = t and attention plots read left to right.
+    """
+
+    src_vocab_size: int = 8000
+    tgt_vocab_size: int = 6000
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    num_layers: int = 2
+    dropout: float = 0.5
+    score: str = "general"  # any of zoo.functional.attention.SCORES
+    attention_dim: int = 512  # width of the projected scores (additive, scaled_dot, mlp)
+    attention: str = "global"  # global | local-m | local-p (section 3.2)
+    window: int = 10  # D: local attention reads [p_t − D, p_t + D]
+    input_feeding: bool = True  # section 3.3
+    hard_attention: bool = False
+    reverse_source: bool = False
+
+
+MODEL_CONFIGS = {"bahdanau": BahdanauConfig, "cho": ChoConfig, "luong": LuongConfig, "sutskever": SutskeverConfig}
 
 
 @dataclass(frozen=True)
@@ -52,7 +115,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Config:
     model_name: str = "bahdanau"
-    model: BahdanauConfig = field(default_factory=BahdanauConfig)
+    model: Any = field(default_factory=BahdanauConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

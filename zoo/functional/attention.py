@@ -1,8 +1,19 @@
-"""Attention as pure functions. Every attention returns ``(context, weights)``.
+"""Attention as pure functions: scores, soft and hard weights, the context vector.
 
-Shapes: S source (key) positions, H score width, C value width.
+An attention over S source positions computes logits e_j = score(query, k_j), weights
+α = softmax(e) restricted to the real positions (soft), or a one-hot α (hard), and the context
+vector c = Σ_j α_j v_j. Every score in :data:`SCORES` has the signature
+``score(params, query (Q,), keys (S, K')) -> logits (S,)`` where the keys have first gone
+through the score's ``project_keys(params, keys (S, K))``: that part does not depend on the
+query, so a decoder takes it once per source sentence, outside its recurrence.
+
+Shapes: S source (key) positions, Q query width, K key width, A attention width, C value width.
 """
 
+import math
+from typing import Callable, NamedTuple
+
+import jax
 import jax.numpy as jnp
 
 
@@ -28,6 +39,50 @@ def masked_softmax(logits, mask):
     return exp / jnp.where(total > 0, total, 1.0)
 
 
+def hard_weights(logits, mask, key=None, temperature: float = 1.0):
+    """Hard attention: a one-hot weight row on a single source position.
+
+    Without a key (inference) the row is one-hot at argmax_j e_j over the real positions.
+    With a key (training) it is the straight-through Gumbel-softmax estimator (Jang et al. 2017;
+    Maddison et al. 2017): the forward value is one-hot at argmax_j (e_j + g_j) with Gumbel noise
+    g_j, i.e. a sample from softmax(e); the gradient is that of the relaxed weights
+    softmax((e + g)/τ) — biased, but of low variance, unlike REINFORCE.
+
+    Args:
+      logits: float (S,); mask: bool (S,); key: PRNG key or None; temperature: τ > 0.
+
+    Returns:
+      float (S,): exactly one 1 on a real position (all zeros if no position is real).
+    """
+    if key is not None:
+        logits = logits + jax.random.gumbel(key, logits.shape, logits.dtype)
+    relaxed = masked_softmax(logits / temperature, mask)
+    one_hot = jax.nn.one_hot(jnp.argmax(jnp.where(mask, logits, -jnp.inf)), logits.shape[-1], dtype=logits.dtype)
+    one_hot = jnp.where(jnp.any(mask), one_hot, 0.0)
+    if key is None:
+        return one_hot
+    return one_hot + (relaxed - jax.lax.stop_gradient(relaxed))  # forward: exactly one_hot
+
+
+def window_mask(center, num_positions: int, window: int):
+    """Local attention's window (Luong et al. 2015, section 3.2): positions s with |s − p_t| <= D.
+
+    Args:
+      center: p_t, float scalar (a real number for local-p). num_positions: S. window: D.
+
+    Returns:
+      bool (S,).
+    """
+    return jnp.abs(jnp.arange(num_positions, dtype=jnp.float32) - center) <= window
+
+
+def gaussian_window(center, num_positions: int, window: int):
+    """Local-p's preference for positions near p_t (Luong et al. 2015, eq. 10):
+    exp(−(s − p_t)² / (2σ²)) with σ = D/2. Returns float (S,)."""
+    sigma = window / 2.0
+    return jnp.exp(-jnp.square(jnp.arange(num_positions, dtype=jnp.float32) - center) / (2.0 * sigma**2))
+
+
 def context_vector(weights, values):
     """Context vector c = Σ_j α_j v_j (Bahdanau et al. 2015, eq. 5).
 
@@ -41,36 +96,141 @@ def context_vector(weights, values):
     return weights @ values
 
 
-def additive_score(query_proj, keys_proj, v):
-    """Additive (Bahdanau) score e_j = vᵀ tanh(W_s s + W_h h_j) (Bahdanau et al. 2015, eq. 6
-    and appendix A.1.2, where W_s, W_h, v are W_a, U_a, v_a).
+def _identity(params, keys):
+    return keys
 
-    The projections are taken by the caller: ``keys_proj`` = W_h h_j is computed once per
-    source sentence, outside the decoder's recurrence.
+
+def _project_keys(params, keys):
+    return keys @ params["w_key"]
+
+
+def dot_score(params, query, keys):
+    """Dot score e_j = qᵀ k_j (Luong et al. 2015, eq. 8, "dot"). Needs Q = K; no parameters."""
+    return keys @ query
+
+
+def general_score(params, query, keys):
+    """General (bilinear) score e_j = qᵀ W k_j (Luong et al. 2015, eq. 8, "general").
+
+    Computed as (qᵀ W) k_j: one (Q, K) product per query, none per key. ``params["w"]``: (Q, K).
+    """
+    return keys @ (query @ params["w"])
+
+
+def additive_score(params, query, keys_proj):
+    """Additive (concat) score e_j = vᵀ tanh(W_q q + W_k k_j), i.e. vᵀ tanh(W [q; k_j]) with
+    W = [W_q W_k] (Bahdanau et al. 2015, eq. 6 and appendix A.1.2, where W_q, W_k, v are
+    W_a, U_a, v_a; Luong et al. 2015, eq. 8, "concat").
 
     Args:
-      query_proj: W_s s, float (H,).
-      keys_proj: W_h h_j for every source position, float (S, H).
-      v: float (H,).
-
-    Returns:
-      scores e (S,).
+      params: ``w_query`` (Q, A), ``w_key`` (K, A), ``v`` (A,).
+      query: (Q,). keys_proj: W_k k_j (S, A) from ``project_keys``.
     """
-    return jnp.tanh(keys_proj + query_proj[None, :]) @ v
+    return jnp.tanh(keys_proj + (query @ params["w_query"])[None, :]) @ params["v"]
 
 
-def additive_attention(query_proj, keys_proj, values, v, mask):
-    """Bahdanau attention: α = masked_softmax(vᵀ tanh(W_s s + W_h h_j)), c = Σ_j α_j h_j.
+def scaled_dot_score(params, query, keys_proj):
+    """Scaled dot-product score with learned projections, e_j = (W_Q q)ᵀ (W_K k_j) / √A
+    (Vaswani et al. 2017, eq. 1, with q = W_Q s and k_j = W_K h_j).
 
     Args:
-      query_proj: W_s s (H,).
-      keys_proj: W_h h_j (S, H).
-      values: annotations h_j (S, C).
-      v: (H,).
-      mask: bool (S,), True on real source tokens.
-
-    Returns:
-      ``(context, weights)``: c (C,) and α (S,), zero on padding.
+      params: ``w_query`` (Q, A), ``w_key`` (K, A). keys_proj: W_K k_j (S, A).
     """
-    weights = masked_softmax(additive_score(query_proj, keys_proj, v), mask)
-    return context_vector(weights, values), weights
+    return keys_proj @ (query @ params["w_query"]) / math.sqrt(keys_proj.shape[-1])
+
+
+def cosine_score(params, query, keys):
+    """Cosine similarity scaled by a learned key strength β > 0 (Graves et al. 2014, Neural
+    Turing Machines, eq. 5-6): e_j = β qᵀ k_j / (‖q‖ ‖k_j‖), β = exp(``params["log_beta"]``).
+
+    The cosine lies in [−1, 1], so softmax over it alone is nearly uniform; β sets how sharp the
+    attention may get. It is learned rather than fixed because the right sharpness changes with
+    sentence length and during training; it starts at β = 10 (logit range 20). Needs Q = K;
+    a zero vector counts as norm 1e-6.
+    """
+    q = query / jnp.maximum(jnp.linalg.norm(query), 1e-6)
+    k = keys / jnp.maximum(jnp.linalg.norm(keys, axis=-1, keepdims=True), 1e-6)
+    return jnp.exp(params["log_beta"]) * (k @ q)
+
+
+def mlp_score(params, query, keys_proj):
+    """Two-hidden-layer perceptron on [q; k_j], generalising the additive score's single tanh
+    layer: e_j = vᵀ ReLU(W_2 ReLU(W_q q + W_k k_j + b_1) + b_2).
+
+    Costs S·A² per query on top of the additive score's S·A.
+
+    Args:
+      params: ``w_query`` (Q, A), ``w_key`` (K, A), ``b_1`` (A,), ``w_2`` (A, A), ``b_2`` (A,), ``v`` (A,).
+      keys_proj: W_k k_j (S, A).
+    """
+    hidden = jax.nn.relu(keys_proj + (query @ params["w_query"] + params["b_1"])[None, :])
+    hidden = jax.nn.relu(hidden @ params["w_2"] + params["b_2"][None, :])
+    return hidden @ params["v"]
+
+
+class Score(NamedTuple):
+    """A score function with its parameter initialiser and its query-independent key projection."""
+
+    init: Callable  # (key, query_dim, key_dim, attention_dim) -> params dict
+    project_keys: Callable  # (params, keys (S, K)) -> (S, K')
+    score: Callable  # (params, query (Q,), projected keys (S, K')) -> logits (S,)
+
+
+def _same_width(name):
+    def check(query_dim, key_dim):
+        if query_dim != key_dim:
+            raise ValueError(f"the {name} score needs query and key of one width, got {query_dim} and {key_dim}")
+
+    return check
+
+
+def _init_dot(key, query_dim, key_dim, attention_dim):
+    _same_width("dot")(query_dim, key_dim)
+    return {}
+
+
+def _init_general(key, query_dim, key_dim, attention_dim):
+    return {"w": jax.nn.initializers.glorot_uniform()(key, (query_dim, key_dim))}
+
+
+def _init_additive(key, query_dim, key_dim, attention_dim):
+    k1, k2, k3 = jax.random.split(key, 3)
+    glorot = jax.nn.initializers.glorot_uniform()
+    return {"w_query": glorot(k1, (query_dim, attention_dim)), "w_key": glorot(k2, (key_dim, attention_dim)),
+            "v": jax.nn.initializers.normal(0.01)(k3, (attention_dim,))}
+
+
+def _init_scaled_dot(key, query_dim, key_dim, attention_dim):
+    k1, k2 = jax.random.split(key)
+    glorot = jax.nn.initializers.glorot_uniform()
+    return {"w_query": glorot(k1, (query_dim, attention_dim)), "w_key": glorot(k2, (key_dim, attention_dim))}
+
+
+def _init_cosine(key, query_dim, key_dim, attention_dim):
+    _same_width("cosine")(query_dim, key_dim)
+    return {"log_beta": jnp.full((), math.log(10.0))}
+
+
+def _init_mlp(key, query_dim, key_dim, attention_dim):
+    k1, k2 = jax.random.split(key)
+    params = _init_additive(k1, query_dim, key_dim, attention_dim)
+    params.update(b_1=jnp.zeros((attention_dim,)), b_2=jnp.zeros((attention_dim,)),
+                  w_2=jax.nn.initializers.he_uniform()(k2, (attention_dim, attention_dim)))
+    return params
+
+
+SCORES: dict[str, Score] = {
+    "additive": Score(_init_additive, _project_keys, additive_score),
+    "dot": Score(_init_dot, _identity, dot_score),
+    "general": Score(_init_general, _identity, general_score),
+    "scaled_dot": Score(_init_scaled_dot, _project_keys, scaled_dot_score),
+    "cosine": Score(_init_cosine, _identity, cosine_score),
+    "mlp": Score(_init_mlp, _project_keys, mlp_score),
+}
+
+
+def get_score(name: str) -> Score:
+    """The registered score ``name``. Raises ValueError naming the choices."""
+    if name not in SCORES:
+        raise ValueError(f"unknown attention score {name!r}; choose from {', '.join(sorted(SCORES))}")
+    return SCORES[name]

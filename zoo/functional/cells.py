@@ -1,8 +1,16 @@
 """Recurrent cells as pure functions, and a masked `lax.scan` runner.
 
 A cell has the signature ``cell(params, carry, x) -> (carry, y)``; ``params`` is a dict of
-arrays. Sequences are unrolled with :func:`run_rnn`, which honours ``seq_length`` so that
-padding never changes the outputs or the final carry of the real positions.
+arrays laid out as PyTorch's ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (transposed, so that ``x @ w``):
+
+    w_i (D, G·H), b_i (G·H,), w_h (H, G·H), b_h (G·H,)
+
+with G = 1 (Elman), 4 (LSTM, gates [i, f, g, o]) or 3 (GRU, gates [r, z, n]). Every cell is
+split in two: the input half W_i x + b_i (:func:`input_projection`), which a layer computes for
+all time steps with one matrix product outside the scan, and the recurrent half
+(``*_update(params, carry, gates_x)``), which runs inside it. :func:`recurrent` unrolls a cell
+over a sequence with :func:`run_rnn`, which honours ``seq_length`` so that padding never
+changes the outputs or the final carry of the real positions.
 
 Shapes: D input width, H hidden width, T time steps.
 """
@@ -12,69 +20,148 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from zoo.functional.counting import record
 from zoo.functional.masks import length_mask
 
+NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
-def gru_input_projection(params, x):
-    """Input half of the GRU gates, W_i x + b_i, for one step (D,) or a whole sequence (T, D).
+
+def input_projection(params, x):
+    """Input half of a cell's gates, W_i x + b_i, for one step (D,) or a whole sequence (T, D).
 
     Computing it for all T steps at once, outside the scan, turns T matrix-vector products
     into one matrix product; only the hidden half stays inside the recurrence.
 
     Args:
-      params: dict with ``w_i`` (D, 3H) and ``b_i`` (3H,), gate order [r, z, n].
+      params: dict with ``w_i`` (D, G·H) and ``b_i`` (G·H,).
       x: float array (..., D).
 
     Returns:
-      float array (..., 3H).
+      float array (..., G·H).
     """
     bias = params["b_i"]
     return x @ params["w_i"] + bias.reshape((1,) * (x.ndim - 1) + bias.shape)
 
 
-def gru_hidden_update(params, h, gates_x):
-    """One GRU step given the precomputed input gates (see :func:`gru_cell` for the equations).
+def elman_update(params, h, gates_x):
+    """Simple recurrent network (Elman 1990), ``torch.nn.RNN`` with tanh:
+
+        h' = tanh(W_i x + b_i + W_h h + b_h)
 
     Args:
-      params: dict with ``w_h`` (H, 3H) and ``b_h`` (3H,), gate order [r, z, n].
+      params: dict with ``w_h`` (H, H), ``b_h`` (H,).
       h: previous hidden state (H,).
-      gates_x: W_i x + b_i for this step (3H,).
+      gates_x: W_i x + b_i (H,).
 
     Returns:
-      the new hidden state (H,).
+      ``(h', h')``: carry and output (H,).
     """
-    gates_h = h @ params["w_h"] + params["b_h"]
-    xr, xz, xn = jnp.split(gates_x, 3, axis=-1)
-    hr, hz, hn = jnp.split(gates_h, 3, axis=-1)
-    r = jax.nn.sigmoid(xr + hr)
-    z = jax.nn.sigmoid(xz + hz)
-    n = jnp.tanh(xn + r * hn)
-    return (1.0 - z) * n + z * h
+    h = jnp.tanh(gates_x + h @ params["w_h"] + params["b_h"])
+    return h, h
 
 
-def gru_cell(params, carry, x):
-    """Gated recurrent unit (Cho et al. 2014, eqs. 5-8), cuDNN/PyTorch ``reset_after`` form.
+def lstm_update(params, carry, gates_x):
+    """Long short-term memory (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et
+    al. 2000), as in Sutskever et al. (2014, section 2) and ``torch.nn.LSTM``:
+
+        [i, f, g, o] = W_i x + b_i + W_h h + b_h
+        c' = σ(f) ⊙ c + σ(i) ⊙ tanh(g)
+        h' = σ(o) ⊙ tanh(c')
+
+    Args:
+      params: dict with ``w_h`` (H, 4H), ``b_h`` (4H,), gates ordered [i, f, g, o].
+      carry: ``(h, c)``, each (H,).
+      gates_x: W_i x + b_i (4H,).
+
+    Returns:
+      ``((h', c'), h')``.
+    """
+    h, c = carry
+    i, f, g, o = jnp.split(gates_x + h @ params["w_h"] + params["b_h"], 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), h
+
+
+def gru_update(params, h, gates_x, reset_after: bool = True):
+    """Gated recurrent unit (Cho et al. 2014, eqs. 5-8):
 
         r = σ(W_ir x + b_ir + W_hr h + b_hr)
         z = σ(W_iz x + b_iz + W_hz h + b_hz)
-        n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
+        n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))     reset_after=True  (cuDNN, torch.nn.GRU)
+        n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)     reset_after=False (Cho et al. 2014, eq. 8)
         h' = (1 − z) ⊙ n + z ⊙ h
 
-    The reset gate multiplies the hidden matmul *after* it is taken (r ⊙ (W_hn h + b_hn)), as
-    cuDNN and ``torch.nn.GRU`` do; Cho et al. apply it before, W_hn (r ⊙ h). The two differ
-    only in where r enters; this form lets all three hidden matmuls run as one.
+    The paper writes h' = z ⊙ h + (1 − z) ⊙ h̃ (eq. 7) with the same gates. ``reset_after``
+    lets all three hidden matrix products run as one before the reset gate is known.
 
     Args:
-      params: dict with ``w_i`` (D, 3H), ``b_i`` (3H,), ``w_h`` (H, 3H), ``b_h`` (3H,), float32;
-        the 3H axis is ordered [r, z, n] as in PyTorch.
-      carry: previous hidden state h (H,).
-      x: input (D,).
+      params: dict with ``w_h`` (H, 3H), ``b_h`` (3H,), gates ordered [r, z, n].
+      h: previous hidden state (H,).
+      gates_x: W_i x + b_i (3H,).
+      reset_after: where the reset gate enters (see above).
 
     Returns:
-      ``(h', h')``: the new carry and the output, both (H,).
+      ``(h', h')``.
     """
-    h = gru_hidden_update(params, carry, gru_input_projection(params, x))
+    xr, xz, xn = jnp.split(gates_x, 3, axis=-1)
+    w_h, b_h = params["w_h"], params["b_h"]
+    hidden = w_h.shape[0]
+    if reset_after:
+        hr, hz, hn = jnp.split(h @ w_h + b_h, 3, axis=-1)
+        r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+    else:
+        hr, hz = jnp.split(h @ w_h[:, : 2 * hidden] + b_h[: 2 * hidden], 2, axis=-1)
+        r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + (r * h) @ w_h[:, 2 * hidden :] + b_h[2 * hidden :])
+    h = (1.0 - z) * n + z * h
     return h, h
+
+
+def hidden_update(cell: str, reset_after: bool = True) -> Callable:
+    """The recurrent half ``update(params, carry, gates_x) -> (carry, y)`` of a named cell.
+
+    Args:
+      cell: ``"rnn"`` (Elman), ``"lstm"`` or ``"gru"``.
+      reset_after: GRU only (see :func:`gru_update`).
+
+    Raises:
+      ValueError: unknown cell name.
+    """
+    if cell == "rnn":
+        return elman_update
+    if cell == "lstm":
+        return lstm_update
+    if cell == "gru":
+        return lambda params, h, gates_x: gru_update(params, h, gates_x, reset_after)
+    raise ValueError(f"unknown cell {cell!r}; choose from {', '.join(NUM_GATES)}")
+
+
+def elman_cell(params, carry, x):
+    """One Elman step on input x (D,) (see :func:`elman_update`): ``(h', h')``."""
+    return elman_update(params, carry, input_projection(params, x))
+
+
+def lstm_cell(params, carry, x):
+    """One LSTM step on input x (D,) (see :func:`lstm_update`): ``((h', c'), h')``."""
+    return lstm_update(params, carry, input_projection(params, x))
+
+
+def gru_cell(params, carry, x, reset_after: bool = True):
+    """One GRU step on input x (D,) (see :func:`gru_update`): ``(h', h')``."""
+    return gru_update(params, carry, input_projection(params, x), reset_after)
+
+
+def initial_carry(cell: str, hidden_dim: int, dtype=jnp.float32):
+    """Zero carry: h (H,), or ``(h, c)`` for the LSTM."""
+    h = jnp.zeros((hidden_dim,), dtype)
+    return (h, h) if cell == "lstm" else h
+
+
+def carry_output(cell: str, carry):
+    """The hidden state h of a carry (the LSTM carries ``(h, c)``)."""
+    return carry[0] if cell == "lstm" else carry
 
 
 def run_rnn(step: Callable, carry, xs, seq_length, reverse: bool = False):
@@ -101,6 +188,7 @@ def run_rnn(step: Callable, carry, xs, seq_length, reverse: bool = False):
 
     def masked_step(carry, inputs):
         x, real = inputs
+        record("recurrent_steps", 1)
         new_carry, y = step(carry, x)
         new_carry = jax.tree.map(lambda n, o: jnp.where(real, n, o), new_carry, carry)
         y = jax.tree.map(lambda a: jnp.where(real, a, jnp.zeros_like(a)), y)
@@ -109,23 +197,25 @@ def run_rnn(step: Callable, carry, xs, seq_length, reverse: bool = False):
     return jax.lax.scan(masked_step, carry, (xs, mask), reverse=reverse)
 
 
-def gru(params, xs, seq_length, h0, reverse: bool = False):
-    """Run a GRU over a sequence (see :func:`gru_cell`), honouring ``seq_length``.
+def recurrent(cell: str, params, xs, seq_length, carry, reverse: bool = False, reset_after: bool = True):
+    """Run a named cell over a sequence, honouring ``seq_length``.
+
+    The input half of the gates is computed for all steps at once (:func:`input_projection`);
+    the scan carries only the recurrent half.
 
     Args:
-      params: GRU parameters (see :func:`gru_cell`).
+      cell: ``"rnn"``, ``"lstm"`` or ``"gru"``.
+      params: the cell's parameters (see the module docstring).
       xs: inputs (T, D).
       seq_length: int scalar, number of real steps.
-      h0: initial hidden state (H,).
+      carry: initial carry (:func:`initial_carry`).
       reverse: read the sequence from its last real token to its first.
+      reset_after: GRU only (see :func:`gru_update`).
 
     Returns:
-      ``(h_last, hs)``: final hidden state (H,) and hidden states (T, H), zero at padding.
+      ``(carry_last, hs)``: the carry after the last real step and the hidden states (T, H),
+      zero at padding.
     """
-    gates_x = gru_input_projection(params, xs)  # (T, 3H)
+    update = hidden_update(cell, reset_after)
+    return run_rnn(lambda c, g: update(params, c, g), carry, input_projection(params, xs), seq_length, reverse)
 
-    def step(h, g):
-        h = gru_hidden_update(params, h, g)
-        return h, h
-
-    return run_rnn(step, h0, gates_x, seq_length, reverse=reverse)

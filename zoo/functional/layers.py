@@ -33,3 +33,8 @@ def maxout(x, pool_size: int = 2):
       float array (..., L).
     """
     return jnp.max(x.reshape(*x.shape[:-1], x.shape[-1] // pool_size, pool_size), axis=-1)
+
+
+def split_keys(key, num: int) -> list:
+    """``num`` independent PRNG keys from ``key``, or ``num`` Nones when ``key`` is None (evaluation)."""
+    return [None] * num if key is None else list(jax.random.split(key, num))

@@ -14,3 +14,17 @@ def length_mask(seq_length, max_length: int):
       bool array (T,), True at positions t < seq_length.
     """
     return jnp.arange(max_length) < seq_length
+
+
+def reverse_padded(xs, seq_length):
+    """Reverse the first ``seq_length`` entries of xs (T, ...) and leave the padding after them:
+    [a, b, c, pad] -> [c, b, a, pad] (the source reversal of Sutskever et al. 2014, section 3.3).
+
+    Args:
+      xs: array (T, ...). seq_length: int scalar.
+
+    Returns:
+      array like xs.
+    """
+    t = jnp.arange(xs.shape[0])
+    return xs[jnp.where(t < seq_length, seq_length - 1 - t, t)]

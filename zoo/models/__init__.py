@@ -4,15 +4,19 @@ Every seq2seq model works on one example and offers:
   ``encode(src, src_length, key=None) -> memory``,
   ``initial_decoder_state(memory) -> state``,
   ``decode_step(memory, state, y_prev, key=None) -> (state, logits (V,), weights (S,))``,
-  ``__call__(src, src_length, tgt_in, key=None) -> (logits (T, V), weights (T, S))`` (teacher forcing).
+  ``__call__(src, src_length, tgt_in, key=None) -> (logits (T, V), weights (T, S))`` (teacher forcing),
+and a class attribute ``has_attention`` (models without attention return all-zero weights).
 """
 
 from flax import nnx
 
 from zoo.config import MODEL_CONFIGS, replace_fields
 from zoo.models.bahdanau import Bahdanau
+from zoo.models.cho import Cho
+from zoo.models.luong import Luong
+from zoo.models.sutskever import Sutskever
 
-MODELS = {"bahdanau": Bahdanau}
+MODELS = {"bahdanau": Bahdanau, "cho": Cho, "luong": Luong, "sutskever": Sutskever}
 
 
 def list_models() -> list[str]:

@@ -6,7 +6,8 @@ Glossary of shapes: S source length, T target length, E embedding width, H hidde
 
     h_j = [→h_j; ←h_j]                               bidirectional GRU annotations  (S, 2H)
     s_0 = tanh(W_init ←h_1)                          (appendix A.2.2)
-    e_ij = vᵀ tanh(W_s s_{i-1} + W_h h_j)            the query is the previous state (eq. 6)
+    e_ij = vᵀ tanh(W_s s_{i-1} + W_h h_j)            the query is the previous state (eq. 6);
+                                                     ``config.score`` picks another score
     α_ij = softmax_j(e_ij),  c_i = Σ_j α_ij h_j      (eqs. 5-6)
     s_i = GRU(s_{i-1}, [E y_{i-1}; c_i])             (eq. 4, appendix A.2.2)
     t_i = maxout(U_o s_i + C_o c_i + V_o E y_{i-1})  deep output, pool 2 (appendix A.2.2)
@@ -23,9 +24,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo.config import BahdanauConfig
-from zoo.functional.layers import dropout, maxout
+from zoo.functional.layers import dropout, maxout, split_keys
 from zoo.functional.masks import length_mask
-from zoo.nn import AdditiveAttention, BidirectionalGRU, GRU
+from zoo.nn import Attention, Bidirectional, RNNLayer
 
 
 class Memory(NamedTuple):
@@ -43,20 +44,20 @@ class Bahdanau(nnx.Module):
     Dropout takes an explicit PRNG ``key``; ``key=None`` means evaluation (no dropout).
     """
 
+    has_attention = True
+
     def __init__(self, config: BahdanauConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
         self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, rngs=rngs)
         self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, rngs=rngs)
-        self.encoder = BidirectionalGRU(c.embed_dim, c.hidden_dim, rngs=rngs)
+        self.encoder = Bidirectional("gru", c.embed_dim, c.hidden_dim, rngs=rngs)
         self.init_state = nnx.Linear(c.hidden_dim, c.hidden_dim, rngs=rngs)
-        self.attention = AdditiveAttention(c.hidden_dim, 2 * c.hidden_dim, c.attention_dim, rngs=rngs)
-        self.decoder = GRU(c.embed_dim + 2 * c.hidden_dim, c.hidden_dim, rngs=rngs)
+        self.attention = Attention(c.score, c.hidden_dim, 2 * c.hidden_dim, c.attention_dim, hard=c.hard_attention,
+                                   rngs=rngs)
+        self.decoder = RNNLayer("gru", c.embed_dim + 2 * c.hidden_dim, c.hidden_dim, rngs=rngs)
         self.deep_output = nnx.Linear(3 * c.hidden_dim + c.embed_dim, 2 * c.maxout_dim, rngs=rngs)
         self.output = nnx.Linear(c.maxout_dim, c.tgt_vocab_size, rngs=rngs)
-
-    def _split_keys(self, key, n):
-        return [None] * n if key is None else list(jax.random.split(key, n))
 
     def encode(self, src, src_length, key=None) -> Memory:
         """src int32 (S,), src_length int scalar -> :class:`Memory`."""
@@ -69,9 +70,10 @@ class Bahdanau(nnx.Module):
             initial_state=jnp.tanh(self.init_state(h_backward_first)),
         )
 
-    def _recur(self, memory: Memory, s_prev, y_prev_emb):
-        """Attention with query s_{i-1}, then the GRU step: -> (s_i (H,), c_i (2H,), α_i (S,))."""
-        context, weights = self.attention(s_prev, memory.keys_proj, memory.annotations, memory.mask)
+    def _recur(self, memory: Memory, s_prev, y_prev_emb, key=None):
+        """Attention with query s_{i-1}, then the GRU step: -> (s_i (H,), c_i (2H,), α_i (S,)).
+        ``key`` samples hard attention in training."""
+        context, weights = self.attention(s_prev, memory.keys_proj, memory.annotations, memory.mask, key)
         s, _ = self.decoder(s_prev, jnp.concatenate([y_prev_emb, context], axis=-1))
         return s, context, weights
 
@@ -82,9 +84,9 @@ class Bahdanau(nnx.Module):
 
     def decode_step(self, memory: Memory, state, y_prev, key=None):
         """One free-running step: previous token id y_prev (int) -> (state, logits (V,), α (S,))."""
-        k_emb, k_out = self._split_keys(key, 2)
+        k_emb, k_out, k_att = split_keys(key, 3)
         y_emb = dropout(k_emb, self.tgt_embed(y_prev), self.config.dropout)
-        s, context, weights = self._recur(memory, state, y_emb)
+        s, context, weights = self._recur(memory, state, y_emb, k_att)
         return s, self._logits(s, context, y_emb, k_out), weights
 
     def __call__(self, src, src_length, tgt_in, key=None):
@@ -95,15 +97,17 @@ class Bahdanau(nnx.Module):
         Returns:
           ``(logits (T, V), weights (T, S))``.
         """
-        k_enc, k_emb, k_out = self._split_keys(key, 3)
+        k_enc, k_emb, k_out, k_att = split_keys(key, 4)
         memory = self.encode(src, src_length, k_enc)
         y_emb = dropout(k_emb, self.tgt_embed(tgt_in), self.config.dropout)  # (T, E)
+        att_keys = None if k_att is None else jax.random.split(k_att, tgt_in.shape[0])
 
-        def step(s_prev, y):
-            s, context, weights = self._recur(memory, s_prev, y)
+        def step(s_prev, inputs):
+            y, k = inputs
+            s, context, weights = self._recur(memory, s_prev, y, k)
             return s, (s, context, weights)
 
-        _, (s, context, weights) = jax.lax.scan(step, memory.initial_state, y_emb)
+        _, (s, context, weights) = jax.lax.scan(step, memory.initial_state, (y_emb, att_keys))
         return self._logits(s, context, y_emb, k_out), weights
 
     def initial_decoder_state(self, memory: Memory):

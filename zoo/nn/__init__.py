@@ -3,7 +3,7 @@
 Every module works on one example (no batch axis); batching is ``jax.vmap`` by the caller.
 """
 
-from zoo.nn.attention import AdditiveAttention
-from zoo.nn.recurrent import GRU, BidirectionalGRU
+from zoo.nn.attention import Attention
+from zoo.nn.recurrent import Bidirectional, RNNLayer, StackedRNN
 
-__all__ = ["AdditiveAttention", "GRU", "BidirectionalGRU"]
+__all__ = ["Attention", "Bidirectional", "RNNLayer", "StackedRNN"]

@@ -1,63 +1,147 @@
-"""Recurrent layers (one example at a time)."""
+"""Recurrent layers (one example at a time): a layer of any cell, bidirectional, stacked."""
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from zoo.functional import cells
+from zoo.functional.layers import dropout, split_keys
 
 
-def _orthogonal_gates(key, hidden_dim: int):
-    """Three orthogonal (H, H) blocks side by side, one per gate: (H, 3H)."""
-    keys = jax.random.split(key, 3)
+def _orthogonal_gates(key, hidden_dim: int, num_gates: int):
+    """``num_gates`` orthogonal (H, H) blocks side by side, one per gate: (H, G·H)."""
+    keys = jax.random.split(key, num_gates)
     init = jax.nn.initializers.orthogonal()
     return jnp.concatenate([init(k, (hidden_dim, hidden_dim)) for k in keys], axis=1)
 
 
-class GRU(nnx.Module):
-    """A GRU layer (:func:`zoo.functional.cells.gru_cell`), unrolled by ``lax.scan``.
+class RNNLayer(nnx.Module):
+    """One recurrent layer of a named cell (:mod:`zoo.functional.cells`), unrolled by ``lax.scan``.
 
-    Parameters: ``w_i`` (D, 3H) Glorot-uniform, ``w_h`` (H, 3H) orthogonal per gate (as
-    Bahdanau et al. 2015, appendix B.1), biases zero; gate order [r, z, n].
+    Parameters (the layout of the cells module): ``w_i`` (D, G·H) Glorot-uniform, ``w_h``
+    (H, G·H) orthogonal per gate (Saxe et al. 2014, as Bahdanau et al. 2015, appendix B.1),
+    biases zero except the LSTM forget gate's input bias, set to ``forget_bias``
+    (Jozefowicz et al. 2015 recommend 1, so that the cell remembers by default early in training).
+
+    Args:
+      cell: ``"rnn"`` (Elman, tanh), ``"lstm"`` or ``"gru"``.
+      input_dim, hidden_dim: D and H.
+      reset_after: GRU only: True is the cuDNN/PyTorch form, False Cho et al. (2014) as published.
+      forget_bias: LSTM only: initial value of the forget gate's bias.
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int, *, rngs: nnx.Rngs):
-        self.hidden_dim = hidden_dim
-        self.w_i = nnx.Param(jax.nn.initializers.glorot_uniform()(rngs.params(), (input_dim, 3 * hidden_dim)))
-        self.b_i = nnx.Param(jnp.zeros((3 * hidden_dim,)))
-        self.w_h = nnx.Param(_orthogonal_gates(rngs.params(), hidden_dim))
-        self.b_h = nnx.Param(jnp.zeros((3 * hidden_dim,)))
+    def __init__(self, cell: str, input_dim: int, hidden_dim: int, *, reset_after: bool = True,
+                 forget_bias: float = 1.0, rngs: nnx.Rngs):
+        if cell not in cells.NUM_GATES:
+            raise ValueError(f"unknown cell {cell!r}; choose from {', '.join(cells.NUM_GATES)}")
+        gates = cells.NUM_GATES[cell]
+        self.cell, self.hidden_dim, self.reset_after = cell, hidden_dim, reset_after
+        self.w_i = nnx.Param(jax.nn.initializers.glorot_uniform()(rngs.params(), (input_dim, gates * hidden_dim)))
+        b_i = jnp.zeros((gates * hidden_dim,))
+        if cell == "lstm":
+            b_i = b_i.at[hidden_dim : 2 * hidden_dim].set(forget_bias)  # gates [i, f, g, o]
+        self.b_i = nnx.Param(b_i)
+        self.w_h = nnx.Param(_orthogonal_gates(rngs.params(), hidden_dim, gates))
+        self.b_h = nnx.Param(jnp.zeros((gates * hidden_dim,)))
 
     @property
-    def params(self):
+    def params(self) -> dict:
         return {"w_i": self.w_i[...], "b_i": self.b_i[...], "w_h": self.w_h[...], "b_h": self.b_h[...]}
 
+    def initial_carry(self, dtype=jnp.float32):
+        """Zero carry: h (H,), or ``(h, c)`` for the LSTM."""
+        return cells.initial_carry(self.cell, self.hidden_dim, dtype)
+
     def __call__(self, carry, x):
-        """One step: ``(h (H,), x (D,)) -> (h', h')``."""
-        return cells.gru_cell(self.params, carry, x)
+        """One step on x (D,): ``(carry, x) -> (carry', h')``."""
+        update = cells.hidden_update(self.cell, self.reset_after)
+        return update(self.params, carry, cells.input_projection(self.params, x))
 
-    def scan(self, xs, seq_length, h0=None, reverse: bool = False):
-        """Run over xs (T, D) with ``seq_length`` real steps; returns ``(h_last (H,), hs (T, H))``."""
-        if h0 is None:
-            h0 = jnp.zeros((self.hidden_dim,), xs.dtype)
-        return cells.gru(self.params, xs, seq_length, h0, reverse=reverse)
+    def scan(self, xs, seq_length, carry=None, reverse: bool = False):
+        """Run over xs (T, D) with ``seq_length`` real steps: ``(carry_last, hs (T, H))``, hs zero at padding."""
+        if carry is None:
+            carry = self.initial_carry(xs.dtype)
+        return cells.recurrent(self.cell, self.params, xs, seq_length, carry, reverse, self.reset_after)
 
 
-class BidirectionalGRU(nnx.Module):
-    """Forward and backward GRUs over the same sequence; annotations h_j = [→h_j; ←h_j]
-    (Bahdanau et al. 2015, section 3.2)."""
+class Bidirectional(nnx.Module):
+    """Forward and backward layers over the same sequence; outputs h_j = [→h_j; ←h_j]
+    (Schuster & Paliwal 1997; Bahdanau et al. 2015, section 3.2)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, *, rngs: nnx.Rngs):
-        self.forward = GRU(input_dim, hidden_dim, rngs=rngs)
-        self.backward = GRU(input_dim, hidden_dim, rngs=rngs)
+    def __init__(self, cell: str, input_dim: int, hidden_dim: int, *, rngs: nnx.Rngs, **cell_options):
+        self.forward = RNNLayer(cell, input_dim, hidden_dim, rngs=rngs, **cell_options)
+        self.backward = RNNLayer(cell, input_dim, hidden_dim, rngs=rngs, **cell_options)
 
     def __call__(self, xs, seq_length):
         """Encode xs (T, D) with ``seq_length`` real steps.
 
         Returns:
-          ``(annotations, h_forward_last, h_backward_first)``: (T, 2H) zero at padding, the
-          forward state after the last real token (H,), the backward state at the first token (H,).
+          ``(outputs, carry_forward_last, carry_backward_first)``: (T, 2H) zero at padding, the
+          forward carry after the last real token, the backward carry after reading the first token.
         """
-        h_fwd, hs_fwd = self.forward.scan(xs, seq_length)
-        h_bwd, hs_bwd = self.backward.scan(xs, seq_length, reverse=True)
-        return jnp.concatenate([hs_fwd, hs_bwd], axis=-1), h_fwd, h_bwd
+        c_fwd, hs_fwd = self.forward.scan(xs, seq_length)
+        c_bwd, hs_bwd = self.backward.scan(xs, seq_length, reverse=True)
+        return jnp.concatenate([hs_fwd, hs_bwd], axis=-1), c_fwd, c_bwd
+
+
+class StackedRNN(nnx.Module):
+    """``num_layers`` recurrent layers, each reading the outputs of the one below, with dropout
+    between layers (not after the last), as ``torch.nn.LSTM(num_layers=..., dropout=...)``.
+
+    With ``bidirectional=True`` every layer is :class:`Bidirectional` and the layers above the
+    first read 2H-wide inputs, as in PyTorch.
+    """
+
+    def __init__(self, cell: str, input_dim: int, hidden_dim: int, num_layers: int = 1, *,
+                 bidirectional: bool = False, dropout: float = 0.0, rngs: nnx.Rngs, **cell_options):
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.cell, self.hidden_dim, self.bidirectional, self.dropout = cell, hidden_dim, bidirectional, dropout
+        width = 2 * hidden_dim if bidirectional else hidden_dim
+        layer = Bidirectional if bidirectional else RNNLayer
+        self.layers = nnx.List([
+            layer(cell, input_dim if i == 0 else width, hidden_dim, rngs=rngs, **cell_options) for i in range(num_layers)
+        ])
+
+    def initial_carry(self, dtype=jnp.float32) -> list:
+        """Zero carries, one per layer (unidirectional stacks only)."""
+        return [layer.initial_carry(dtype) for layer in self.layers]
+
+    def __call__(self, xs, seq_length, key=None, carries=None):
+        """Encode xs (T, D) with ``seq_length`` real steps; ``key`` for dropout between layers;
+        ``carries``: initial carry per layer (unidirectional stacks; default zeros).
+
+        Returns:
+          ``(outputs, carries)``: the top layer's outputs (T, H or 2H), zero at padding, and each
+          layer's final carry (for a bidirectional layer the pair (forward last, backward first)).
+        """
+        keys = split_keys(key, len(self.layers))
+        initial, carries = carries, []
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                xs = dropout(keys[i], xs, self.dropout)
+            if self.bidirectional:
+                xs, c_fwd, c_bwd = layer(xs, seq_length)
+                carries.append((c_fwd, c_bwd))
+            else:
+                c, xs = layer.scan(xs, seq_length, None if initial is None else initial[i])
+                carries.append(c)
+        return xs, carries
+
+    def step(self, carries: list, x, key=None):
+        """One time step through every layer (unidirectional stacks; decoders).
+
+        Args:
+          carries: one carry per layer; x: input (D,); key: dropout between layers, or None.
+
+        Returns:
+          ``(carries', h_top)``.
+        """
+        keys = split_keys(key, len(self.layers))
+        new = []
+        for i, (layer, carry) in enumerate(zip(self.layers, carries)):
+            if i > 0:
+                x = dropout(keys[i], x, self.dropout)
+            carry, x = layer(carry, x)
+            new.append(carry)
+        return new, x
