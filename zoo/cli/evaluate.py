@@ -55,8 +55,11 @@ def main(argv=None) -> int:
         from zoo.checkpoint import read_config
         from zoo.data.corpora import load_split
         from zoo.data.text import read_parallel
+        from zoo.models import MODELS
 
         config = read_config(args.workdir)
+        if args.plot_attention and not MODELS[config.model_name].has_attention:
+            raise ZooError(f"--plot-attention: model {config.model_name!r} has no attention to plot")
         if args.src:
             sources, references = read_parallel(args.src, args.ref)
             name = f"{args.src} -> {args.ref}"

@@ -39,7 +39,7 @@ class Memory(NamedTuple):
     states: jax.Array  # (S, H) h̄_s, top encoder layer
     keys_proj: jax.Array  # (S, ·) the score's key projection of h̄_s
     mask: jax.Array  # (S,) True on real tokens
-    length: jax.Array  # float32 scalar: the source length S
+    length: jax.Array  # int32 scalar: the source length S
     carries: list  # per layer (h, c): the decoder's initial states
 
 
@@ -79,7 +79,7 @@ class Luong(nnx.Module):
         x = dropout(k_emb, self.src_embed(src), self.config.dropout)
         states, carries = self.encoder(x, src_length, k_rnn)
         return Memory(states=states, keys_proj=self.attention.project_keys(states),
-                      mask=length_mask(src_length, src.shape[0]), length=jnp.asarray(src_length, jnp.float32),
+                      mask=length_mask(src_length, src.shape[0]), length=jnp.asarray(src_length, jnp.int32),
                       carries=carries)
 
     def initial_decoder_state(self, memory: Memory):
@@ -89,9 +89,9 @@ class Luong(nnx.Module):
     def _center(self, memory: Memory, h, t):
         """p_t for local attention (None for global)."""
         if self.config.attention == "local-m":
-            return jnp.minimum(t.astype(jnp.float32), memory.length - 1.0)
+            return jnp.minimum(t, memory.length - 1).astype(jnp.float32)
         if self.config.attention == "local-p":
-            return memory.length * jax.nn.sigmoid(self.position_v(jnp.tanh(self.position(h)))[0])
+            return memory.length.astype(jnp.float32) * jax.nn.sigmoid(self.position_v(jnp.tanh(self.position(h)))[0])
         return None
 
     def _step(self, memory: Memory, state, y_emb, key=None):
@@ -103,6 +103,8 @@ class Luong(nnx.Module):
         context, weights = self.attention(h, memory.keys_proj, memory.states, memory.mask, k_att,
                                           self._center(memory, h, t))
         h_tilde = jnp.tanh(self.combine(jnp.concatenate([context, h], axis=-1)))
+        if self.config.reverse_source:  # report the weights in the source's own word order
+            weights = reverse_padded(weights, memory.length)
         return (carries, h_tilde, t + 1), h_tilde, weights
 
     def decode_step(self, memory: Memory, state, y_prev, key=None):

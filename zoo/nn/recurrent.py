@@ -104,7 +104,9 @@ class StackedRNN(nnx.Module):
         ])
 
     def initial_carry(self, dtype=jnp.float32) -> list:
-        """Zero carries, one per layer (unidirectional stacks only)."""
+        """Zero carries, one per layer (unidirectional stacks only; raises ValueError otherwise)."""
+        if self.bidirectional:
+            raise ValueError("a bidirectional stack starts from zero carries; it takes no initial carry")
         return [layer.initial_carry(dtype) for layer in self.layers]
 
     def __call__(self, xs, seq_length, key=None, carries=None):
@@ -114,7 +116,12 @@ class StackedRNN(nnx.Module):
         Returns:
           ``(outputs, carries)``: the top layer's outputs (T, H or 2H), zero at padding, and each
           layer's final carry (for a bidirectional layer the pair (forward last, backward first)).
+
+        Raises:
+          ValueError: initial ``carries`` for a bidirectional stack.
         """
+        if self.bidirectional and carries is not None:
+            raise ValueError("a bidirectional stack starts from zero carries; it takes no initial carry")
         keys = split_keys(key, len(self.layers))
         initial, carries = carries, []
         for i, layer in enumerate(self.layers):
