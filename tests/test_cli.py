@@ -111,3 +111,24 @@ def test_train_bad_flag_value(tmp_path, capsys):
     assert train.main(["--workdir", str(tmp_path / "w"), "--set", "hidden_dim=big"]) == 2
     assert "'big' is not a int" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_train_refused_model_config_writes_nothing(trained, tmp_path, capsys):
+    data, _ = trained
+    workdir = tmp_path / "w"
+    code = train.main(["--workdir", str(workdir), "--data-dir", str(data), "--model", "luong", "--set", "score=cosin",
+                       "--max-steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "unknown attention score 'cosin'" in err and "cosine" in err
+    assert not workdir.exists() or not any(workdir.iterdir())  # no config.json to block a corrected rerun
+
+
+def test_train_set_parses_booleans(capsys):
+    from zoo.cli.train import model_overrides
+    from zoo.config import LuongConfig
+
+    assert model_overrides(["input_feeding=False", "hard_attention=yes"], LuongConfig()) == {
+        "input_feeding": False, "hard_attention": True}
+    assert train.main(["--workdir", "unused", "--model", "luong", "--set", "hard_attention=maybe"]) == 2
+    assert "'maybe' is not a bool" in capsys.readouterr().err

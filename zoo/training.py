@@ -26,6 +26,7 @@ from zoo.data.batching import batch_order, collate
 from zoo.data.corpora import load_split
 from zoo.data.pipeline import TextPipeline
 from zoo.decoding import decode
+from zoo.errors import ZooError
 from zoo.functional.masks import length_mask
 from zoo.models import build
 
@@ -158,7 +159,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
       the final record: ``step``, ``epoch``, ``val_loss``, ``best_val_loss``, ``wall_s``.
 
     Raises:
-      ZooError: bad data files, or a workdir made with another config.
+      ZooError: bad data files, a model config the model refuses, or a workdir made with another config.
     """
     workdir = Path(workdir).absolute()
     d, t = config.data, config.train
@@ -168,6 +169,10 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
     pipeline = TextPipeline.load(d, workdir) if has_vocab else TextPipeline.build(d, train_src, train_tgt)
     vocab_sizes = {"src_vocab_size": len(pipeline.src_vocab), "tgt_vocab_size": len(pipeline.tgt_vocab)}
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, **vocab_sizes))
+    try:
+        model = build(config.model_name, config.model, seed=t.seed)
+    except ValueError as e:
+        raise ZooError(f"model {config.model_name!r}: {e}") from None
     write_or_check_config(workdir, config)
     if not has_vocab:
         pipeline.save(workdir)
@@ -175,7 +180,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
     val_ids = pipeline.encode_source(val_src), pipeline.encode_target(val_tgt)
 
     tx = make_optimizer(t)
-    graphdef, state = init_state(build(config.model_name, config.model, seed=t.seed), tx)
+    graphdef, state = init_state(model, tx)
     store = CheckpointStore(workdir)
     epoch, batch_index, best_val, key = 0, 0, math.inf, jax.random.key(t.seed)
     if store.latest_step() is not None:

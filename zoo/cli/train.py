@@ -35,6 +35,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def parse_bool(value: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, any case); raises ValueError otherwise."""
+    lowered = value.lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(value)
+    return lowered in ("true", "1", "yes")
+
+
 def model_overrides(pairs: list[str], model_config) -> dict:
     out = {}
     for pair in pairs:
@@ -45,7 +53,7 @@ def model_overrides(pairs: list[str], model_config) -> dict:
         if default is None:
             raise ZooError(f"--set {pair!r}: {type(model_config).__name__} has no field {name!r}")
         try:
-            out[name] = type(default)(value)
+            out[name] = parse_bool(value) if isinstance(default, bool) else type(default)(value)
         except ValueError:
             raise ZooError(f"--set {pair!r}: {value!r} is not a {type(default).__name__}") from None
     return out
