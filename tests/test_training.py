@@ -170,3 +170,24 @@ def test_teacher_forcing_ratio_ends_are_teacher_forced_and_free_running(pipeline
         assert int(count) == n
     with pytest.raises(ValueError, match="needs a key"):
         example_nll(model, example, None, teacher_forcing=0.5)
+
+
+@pytest.mark.parametrize("name", ["sutskever", "luong"])
+def test_save_load_models_with_layer_lists(name, pipeline_and_batch, tmp_path):
+    """Stacked layers live in an nnx.List, whose integer keys Orbax stores as strings."""
+    pipeline, _, _ = pipeline_and_batch
+    model_config = zoo.build(name).config.__class__(
+        src_vocab_size=len(pipeline.src_vocab), tgt_vocab_size=len(pipeline.tgt_vocab), embed_dim=8, hidden_dim=8,
+        num_layers=2)
+    config = Config(name, model_config, DataConfig(min_freq=1), TrainConfig())
+    write_or_check_config(tmp_path, config)
+    pipeline.save(tmp_path)
+    _, state = init_state(build(name, model_config, seed=5), make_optimizer(config.train))
+    store = CheckpointStore(tmp_path)
+    store.save(0, state, {"epoch": 0, "batch": 0, "best_val_loss": 1.0}, val_loss=1.0)
+    store.close()
+    loaded = zoo.load(tmp_path)
+    flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
+    assert any("layers" in jax.tree_util.keystr(p) for p, _ in flat)
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

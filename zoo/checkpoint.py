@@ -58,13 +58,14 @@ def write_or_check_config(workdir, config: Config) -> None:
 
 def _check_shapes(expected, saved) -> None:
     """Raise naming the first parameter whose saved shape differs from the model's."""
-    flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-    flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
-    for path, leaf in flat_expected.items():
-        name = jax.tree_util.keystr(path, simple=True, separator="/")
-        if path not in flat_saved:
+    def flat(tree) -> dict:  # by path name: Orbax stores the integer keys of layer lists as strings
+        return {jax.tree_util.keystr(p, simple=True, separator="/"): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    flat_saved = flat(saved)
+    for name, leaf in flat(expected).items():
+        if name not in flat_saved:
             raise ZooError(f"checkpoint has no parameter {name}; was it made by another model?")
-        got, want = tuple(flat_saved[path].shape), tuple(np.shape(leaf))
+        got, want = tuple(flat_saved[name].shape), tuple(np.shape(leaf))
         if got != want:
             raise ZooError(f"checkpoint parameter {name} has shape {got} but the model expects {want}")
 
