@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo.functional import cells
+from zoo.functional.counting import record
 from zoo.functional.layers import dropout, split_keys
 
 
@@ -54,6 +55,7 @@ class RNNLayer(nnx.Module):
 
     def __call__(self, carry, x):
         """One step on x (D,): ``(carry, x) -> (carry', h')``."""
+        record("recurrent_steps", 1)
         update = cells.hidden_update(self.cell, self.reset_after)
         return update(self.params, carry, cells.input_projection(self.params, x))
 
