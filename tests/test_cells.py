@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import FAST_COMPILE
 from flax import nnx
 
 from zoo.functional import cells, masks
@@ -20,8 +21,6 @@ from zoo.nn import Bidirectional, RNNLayer, StackedRNN
 
 F32 = np.float32
 # XLA options that make the CPU compile of small programs several times faster (same results).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                "xla_cpu_parallel_codegen_split_count": 1}
 
 
 def _sigmoid(a):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compile_options import FAST_COMPILE
 from flax import nnx
 
 from zoo.models.labelling import (ClassifierConfig, SequenceClassifier, SequenceTagger, TaggerConfig,
@@ -19,7 +20,6 @@ CELLS = ["rnn", "lstm", "gru"]
 TAGS, CLASSES = 3, 2
 # Compiling is most of this file's time, and these programs are tiny: skip the costly backend
 # optimisations (about 3x faster compiles on CPU, same results up to float rounding).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def small(config_cls, **overrides):

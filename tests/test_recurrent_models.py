@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import FAST_COMPILE
 from flax import nnx
 
 from zoo import models
@@ -128,8 +129,6 @@ def test_attention_rows(name):
 
 
 # XLA options that make the CPU compile of small programs several times faster (same results).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                "xla_cpu_parallel_codegen_split_count": 1}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import FAST_COMPILE
 from flax import nnx
 
 from zoo.functional import attention
 from zoo.functional.masks import length_mask
 from zoo.nn import Attention
 
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}  # same results
 
 
 @pytest.fixture(autouse=True)
