@@ -132,3 +132,16 @@ def test_train_set_parses_booleans(capsys):
         "input_feeding": False, "hard_attention": True}
     assert train.main(["--workdir", "unused", "--model", "luong", "--set", "hard_attention=maybe"]) == 2
     assert "'maybe' is not a bool" in capsys.readouterr().err
+
+
+def test_evaluate_plot_attention_refuses_a_model_without_attention(tmp_path, capsys):
+    from zoo.checkpoint import write_or_check_config
+    from zoo.config import Config, SutskeverConfig
+
+    workdir = tmp_path / "w"
+    write_or_check_config(workdir, Config("sutskever", SutskeverConfig()))
+    before = snapshot(workdir)
+    code = evaluate.main(["--workdir", str(workdir), "--plot-attention", str(tmp_path / "a.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "model 'sutskever' has no attention to plot" in err
+    assert snapshot(workdir) == before and not (tmp_path / "a.png").exists()
