@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from zoo.functional.layers import scan_keys
 
 
 def decode(model, memory, inputs, use_inputs, key=None):
@@ -30,7 +31,7 @@ def decode(model, memory, inputs, use_inputs, key=None):
       ``(tokens int32 (T,), logits (T, V), weights (T, S))``: the argmax at each step, the
       output logits and the attention weights.
     """
-    keys = None if key is None else jax.random.split(key, inputs.shape[0])
+    keys = scan_keys(key, inputs.shape[0])
 
     def step(carry, xs):
         state, predicted = carry

@@ -38,3 +38,9 @@ def maxout(x, pool_size: int = 2):
 def split_keys(key, num: int) -> list:
     """``num`` independent PRNG keys from ``key``, or ``num`` Nones when ``key`` is None (evaluation)."""
     return [None] * num if key is None else list(jax.random.split(key, num))
+
+
+def scan_keys(key, num: int):
+    """``num`` PRNG keys stacked in one array (num,), to be sliced by ``lax.scan`` one per step,
+    or None when ``key`` is None (evaluation)."""
+    return None if key is None else jax.random.split(key, num)

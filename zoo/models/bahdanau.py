@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo.config import BahdanauConfig
-from zoo.functional.layers import dropout, maxout, split_keys
+from zoo.functional.layers import dropout, maxout, scan_keys, split_keys
 from zoo.functional.masks import length_mask
 from zoo.nn import Attention, Bidirectional, RNNLayer
 
@@ -100,7 +100,7 @@ class Bahdanau(nnx.Module):
         k_enc, k_emb, k_out, k_att = split_keys(key, 4)
         memory = self.encode(src, src_length, k_enc)
         y_emb = dropout(k_emb, self.tgt_embed(tgt_in), self.config.dropout)  # (T, E)
-        att_keys = None if k_att is None else jax.random.split(k_att, tgt_in.shape[0])
+        att_keys = scan_keys(k_att, tgt_in.shape[0])
 
         def step(s_prev, inputs):
             y, k = inputs

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo.config import LuongConfig
-from zoo.functional.layers import dropout, split_keys
+from zoo.functional.layers import dropout, scan_keys, split_keys
 from zoo.functional.masks import length_mask, reverse_padded
 from zoo.nn import Attention, StackedRNN
 
@@ -122,7 +122,7 @@ class Luong(nnx.Module):
         k_enc, k_emb, k_steps, k_out = split_keys(key, 4)
         memory = self.encode(src, src_length, k_enc)
         y_emb = dropout(k_emb, self.tgt_embed(tgt_in), self.config.dropout)  # (T, E)
-        step_keys = None if k_steps is None else jax.random.split(k_steps, tgt_in.shape[0])
+        step_keys = scan_keys(k_steps, tgt_in.shape[0])
 
         def step(state, inputs):
             y, k = inputs
