@@ -1,4 +1,5 @@
-"""Tests of zoo.interop: PyTorch nn.RNN/nn.LSTM/nn.GRU weights imported into zoo.
+"""Tests of zoo.interop: PyTorch nn.RNN/nn.LSTM/nn.GRU, nn.MultiheadAttention and nn.Transformer
+weights imported into zoo.
 
 The mapping tests use hand-made NumPy arrays and always run; the comparisons with real torch
 modules skip when torch is not installed (zoo itself never imports it).
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import zoo
 from zoo.functional import cells
-from zoo.interop import load_torch_rnn, torch_rnn_params
-from zoo.nn import StackedRNN
+from zoo.functional.masks import causal_mask
+from zoo.interop import load_torch_attention, load_torch_rnn, load_torch_transformer, torch_attention_params, torch_rnn_params
+from zoo.nn import MultiHeadAttention, StackedRNN
 
 F32 = np.float32
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -236,6 +239,200 @@ def test_matches_torch_packed_padded_batch(cell, bidirectional):
     xs[0, 3:] = 100.0  # garbage in the padding must not leak into anything
     xs[2, 1:] = -100.0
     _compare(torch, tm, module, cell, bidirectional, xs, lengths)
+
+
+# ---------------------------------------------------------------- multi-head attention and Transformer
+
+DM, HEADS, FF, S_LEN, T_LEN = 16, 4, 32, 5, 4
+
+
+def _attention_state_dict(d, prefix="", rng=None):
+    """Random nn.MultiheadAttention(d, ·) state dict (NumPy float32), default layout."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    return {prefix + "in_proj_weight": rng.standard_normal((3 * d, d)).astype(F32),
+            prefix + "in_proj_bias": rng.standard_normal(3 * d).astype(F32),
+            prefix + "out_proj.weight": rng.standard_normal((d, d)).astype(F32),
+            prefix + "out_proj.bias": rng.standard_normal(d).astype(F32)}
+
+
+def _transformer_state_dict(num_encoder=2, num_decoder=2, d=DM, ff=FF, seed=0):
+    """Random nn.Transformer(d, ·, num_encoder, num_decoder, ff) state dict, keys as torch names them."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for stack, n, attentions, norms in (("encoder", num_encoder, ["self_attn"], 2),
+                                        ("decoder", num_decoder, ["self_attn", "multihead_attn"], 3)):
+        for i in range(n):
+            prefix = f"{stack}.layers.{i}."
+            for name in attentions:
+                sd.update(_attention_state_dict(d, f"{prefix}{name}.", rng))
+            sd[prefix + "linear1.weight"] = rng.standard_normal((ff, d)).astype(F32)
+            sd[prefix + "linear1.bias"] = rng.standard_normal(ff).astype(F32)
+            sd[prefix + "linear2.weight"] = rng.standard_normal((d, ff)).astype(F32)
+            sd[prefix + "linear2.bias"] = rng.standard_normal(d).astype(F32)
+            for k in range(1, norms + 1):
+                sd[f"{prefix}norm{k}.weight"] = rng.standard_normal(d).astype(F32)
+                sd[f"{prefix}norm{k}.bias"] = rng.standard_normal(d).astype(F32)
+        sd[f"{stack}.norm.weight"] = rng.standard_normal(d).astype(F32)
+        sd[f"{stack}.norm.bias"] = rng.standard_normal(d).astype(F32)
+    return sd
+
+
+def _transformer(**overrides):
+    sizes = {"src_vocab_size": 11, "tgt_vocab_size": 13, "d_model": DM, "num_heads": HEADS, "d_ff": FF,
+             "num_encoder_layers": 2, "num_decoder_layers": 2, "max_length": 8, "dropout": 0.0}
+    return zoo.build("transformer", **{**sizes, **overrides})
+
+
+def test_attention_mapping_and_structure():
+    sd = _attention_state_dict(DM, "attn.")
+    params = torch_attention_params(sd, prefix="attn.")
+    module = nnx.eval_shape(lambda: MultiHeadAttention(DM, HEADS, rngs=nnx.Rngs(0)))
+    ours = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    assert jax.tree.structure(params) == jax.tree.structure(ours)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ours)
+    w, b = sd["attn.in_proj_weight"], sd["attn.in_proj_bias"]
+    for i, name in enumerate(("query", "key", "value")):
+        np.testing.assert_array_equal(params[f"w_{name}"], w[i * DM:(i + 1) * DM].T)
+        np.testing.assert_array_equal(params[f"b_{name}"], b[i * DM:(i + 1) * DM])
+    np.testing.assert_array_equal(params["w_out"], sd["attn.out_proj.weight"].T)
+    np.testing.assert_array_equal(params["b_out"], sd["attn.out_proj.bias"])
+
+    module = MultiHeadAttention(DM, HEADS, rngs=nnx.Rngs(0))
+    load_torch_attention(module, {k: v.astype(np.float64) for k, v in sd.items()}, prefix="attn.")
+    assert module.w_key[...].dtype == jnp.float32
+    np.testing.assert_allclose(module.w_key[...], w[DM:2 * DM].T, rtol=1e-6)
+
+
+def test_attention_errors():
+    sd = _attention_state_dict(DM)
+    with pytest.raises(ValueError, match=r"'q_proj_weight'.*kdim/vdim"):
+        torch_attention_params({**sd, "q_proj_weight": np.zeros((DM, 8), F32)})
+    with pytest.raises(ValueError, match=r"'bias_k'.*add_bias_kv=True"):
+        torch_attention_params({**sd, "bias_k": np.zeros((1, 1, DM), F32)})
+    with pytest.raises(ValueError, match="bias=False"):
+        torch_attention_params({k: v for k, v in sd.items() if "bias" not in k})
+    with pytest.raises(ValueError, match=r"missing key 'out_proj.bias' \(expected shape \(16,\)\)"):
+        torch_attention_params({k: v for k, v in sd.items() if k != "out_proj.bias"})
+    with pytest.raises(ValueError, match=r"'in_proj_weight' has shape \(40, 16\), expected \(3·D, D\)"):
+        torch_attention_params({**sd, "in_proj_weight": np.zeros((40, DM), F32)})
+    with pytest.raises(ValueError, match=r"'out_proj.weight' has shape \(16, 8\), expected \(16, 16\)"):
+        torch_attention_params({**sd, "out_proj.weight": np.zeros((DM, 8), F32)})
+    with pytest.raises(ValueError, match=r"unexpected key 'extra'"):
+        torch_attention_params({**sd, "extra": np.zeros(3, F32)})
+    with pytest.raises(ValueError, match=r"'in_proj_weight' has shape \(48, 16\), but the module expects \(24, 8\)"):
+        load_torch_attention(MultiHeadAttention(8, 2, rngs=nnx.Rngs(0)), sd)
+    with pytest.raises(ValueError, match=r"relative positions \('rope'\)"):
+        load_torch_attention(MultiHeadAttention(DM, HEADS, relative="rope", rngs=nnx.Rngs(0)), sd)
+
+
+def test_transformer_mapping():
+    """Every torch tensor lands where it should; the embeddings are left alone."""
+    sd = _transformer_state_dict()
+    model = _transformer()
+    embedding = np.asarray(model.src_embed.embedding[...])
+    load_torch_transformer(model, sd)
+    np.testing.assert_array_equal(model.src_embed.embedding[...], embedding)
+    enc, dec = model.encoder[1], model.decoder[1]
+    np.testing.assert_array_equal(enc.ffn.hidden.kernel[...], sd["encoder.layers.1.linear1.weight"].T)
+    np.testing.assert_array_equal(enc.ffn.out.bias[...], sd["encoder.layers.1.linear2.bias"])
+    np.testing.assert_array_equal(enc.sublayers[1].norm.scale[...], sd["encoder.layers.1.norm2.weight"])
+    np.testing.assert_array_equal(enc.self_attention.w_value[...], sd["encoder.layers.1.self_attn.in_proj_weight"][2 * DM:].T)
+    np.testing.assert_array_equal(dec.cross_attention.w_out[...], sd["decoder.layers.1.multihead_attn.out_proj.weight"].T)
+    np.testing.assert_array_equal(dec.self_attention.b_query[...], sd["decoder.layers.1.self_attn.in_proj_bias"][:DM])
+    np.testing.assert_array_equal(dec.sublayers[2].norm.bias[...], sd["decoder.layers.1.norm3.bias"])
+    np.testing.assert_array_equal(model.encoder_norm.scale[...], sd["encoder.norm.weight"])
+    np.testing.assert_array_equal(model.decoder_norm.bias[...], sd["decoder.norm.bias"])
+    # an abstract model (no random initialisation) loads too
+    abstract = nnx.eval_shape(_transformer)
+    load_torch_transformer(abstract, sd)
+    np.testing.assert_array_equal(abstract.decoder[0].ffn.hidden.bias[...], sd["decoder.layers.0.linear1.bias"])
+
+
+def test_transformer_errors():
+    sd = _transformer_state_dict()
+    model = _transformer()
+    with pytest.raises(ValueError, match=r"3 encoder layer\(s\).*model has 2 \(config.num_encoder_layers\)"):
+        load_torch_transformer(model, _transformer_state_dict(num_encoder=3))
+    with pytest.raises(ValueError, match=r"1 decoder layer\(s\).*model has 2 \(config.num_decoder_layers\)"):
+        load_torch_transformer(model, _transformer_state_dict(num_decoder=1))
+    with pytest.raises(ValueError, match=r"post-LN.*final LayerNorm"):
+        load_torch_transformer(_transformer(norm="post"), sd)
+    with pytest.raises(ValueError, match=r"encoder\[0\].self_attention uses relative positions \('alibi'\)"):
+        load_torch_transformer(_transformer(positional="alibi"), sd)
+    with pytest.raises(ValueError, match=r"missing key 'decoder.norm.bias' \(expected shape \(16,\)\)"):
+        load_torch_transformer(model, {k: v for k, v in sd.items() if k != "decoder.norm.bias"})
+    with pytest.raises(ValueError, match=r"missing key 'encoder.layers.1.self_attn.in_proj_weight'"):
+        load_torch_transformer(model, {k: v for k, v in sd.items() if k != "encoder.layers.1.self_attn.in_proj_weight"})
+    with pytest.raises(ValueError, match=r"unexpected key 'encoder.layers.0.norm3.weight'"):
+        load_torch_transformer(model, {**sd, "encoder.layers.0.norm3.weight": np.zeros(DM, F32)})
+    # a different dim_feedforward; nothing is written when a check fails
+    before = np.asarray(model.encoder[0].self_attention.w_query[...])
+    with pytest.raises(ValueError, match=r"'encoder.layers.0.linear1.weight' has shape \(64, 16\), but the module expects \(32, 16\)"):
+        load_torch_transformer(model, _transformer_state_dict(ff=64))
+    np.testing.assert_array_equal(model.encoder[0].self_attention.w_query[...], before)
+
+
+def _numpy_state_dict(module):
+    return {k: v.detach().numpy() for k, v in module.state_dict().items()}
+
+
+def test_attention_matches_torch():
+    """nn.MultiheadAttention, unbatched: cross-attention with a key_padding_mask, and
+    self-attention with a causal attn_mask; outputs and per-head weights (N, Tq, Tk)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tm = torch.nn.MultiheadAttention(DM, HEADS).eval()
+    module = nnx.eval_shape(lambda: MultiHeadAttention(DM, HEADS, rngs=nnx.Rngs(0)))
+    load_torch_attention(module, _numpy_state_dict(tm))
+    rng = np.random.default_rng(0)
+    q, kv = rng.standard_normal((T_LEN, DM)).astype(F32), rng.standard_normal((S_LEN, DM)).astype(F32)
+    padding = np.zeros(S_LEN, bool)
+    padding[-1] = True  # torch: True = ignore
+    causal = ~np.tril(np.ones((S_LEN, S_LEN), bool))
+    cases = [(q, kv, {"key_padding_mask": torch.from_numpy(padding)}, ~padding[None, None, :]),
+             (kv, kv, {"attn_mask": torch.from_numpy(causal)}, ~causal[None])]
+    for x_q, x_kv, torch_masks, mask in cases:
+        with torch.no_grad():
+            out_t, w_t = tm(torch.from_numpy(x_q), torch.from_numpy(x_kv), torch.from_numpy(x_kv),
+                            average_attn_weights=False, **torch_masks)
+        out_z, w_z = module(jnp.asarray(x_q), jnp.asarray(x_kv), jnp.asarray(mask))
+        assert w_z.shape == tuple(w_t.shape) == (HEADS, x_q.shape[0], x_kv.shape[0])
+        np.testing.assert_allclose(np.asarray(out_z), out_t.numpy(), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(w_z), w_t.numpy(), atol=1e-5)
+
+
+def test_transformer_matches_torch():
+    """nn.Transformer(norm_first=True) on one padded source and a causal target: the encoder
+    output (real positions) and the decoder output equal zoo's layers run directly."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tm = torch.nn.Transformer(DM, HEADS, 2, 2, FF, dropout=0.0, batch_first=True, norm_first=True).eval()
+    model = nnx.eval_shape(_transformer)
+    load_torch_transformer(model, _numpy_state_dict(tm))
+
+    rng = np.random.default_rng(1)
+    src, tgt = rng.standard_normal((S_LEN, DM)).astype(F32), rng.standard_normal((T_LEN, DM)).astype(F32)
+    src_mask = np.arange(S_LEN) < S_LEN - 1  # the last source position is padding
+    with torch.no_grad():
+        padding = torch.from_numpy(~src_mask)[None]
+        tgt_mask = torch.nn.Transformer.generate_square_subsequent_mask(T_LEN)
+        memory_t = tm.encoder(torch.from_numpy(src)[None], src_key_padding_mask=padding)[0]
+        out_t = tm(torch.from_numpy(src)[None], torch.from_numpy(tgt)[None], tgt_mask=tgt_mask, tgt_is_causal=True,
+                   src_key_padding_mask=padding, memory_key_padding_mask=padding)[0]
+
+    positions, tgt_positions, mask = jnp.arange(S_LEN), jnp.arange(T_LEN), jnp.asarray(src_mask)
+    x = jnp.asarray(src)
+    for layer in model.encoder:
+        x = layer(x, positions, mask)
+    x = model.encoder_norm(x)
+    cross_kv = [layer.cross_attention.keys_values(x, positions) for layer in model.decoder]
+    y = jnp.asarray(tgt)
+    for layer, kv in zip(model.decoder, cross_kv):
+        y, _, _ = layer(y, tgt_positions, causal_mask(T_LEN)[None], kv, mask)
+    y = model.decoder_norm(y)
+
+    np.testing.assert_allclose(np.asarray(x)[src_mask], memory_t.numpy()[src_mask], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(y), out_t.numpy(), atol=1e-5)
 
 
 def test_interop_never_imports_torch():

@@ -87,7 +87,52 @@ class LuongConfig:
     reverse_source: bool = False
 
 
-MODEL_CONFIGS = {"bahdanau": BahdanauConfig, "cho": ChoConfig, "luong": LuongConfig, "sutskever": SutskeverConfig}
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Vaswani et al. (2017) encoder-decoder Transformer.
+
+    The paper's base model: d_model 512, 8 heads, 6+6 layers, FFN 2048, dropout 0.1, post-LN,
+    sinusoidal positions. The defaults are the PyTorch seq2seq tutorial's (notebook 6) sizes:
+    d_model 256, 8 heads, 3+3 layers, FFN 512.
+    """
+
+    src_vocab_size: int = 8000
+    tgt_vocab_size: int = 6000
+    d_model: int = 256
+    num_heads: int = 8
+    num_encoder_layers: int = 3
+    num_decoder_layers: int = 3
+    d_ff: int = 512
+    dropout: float = 0.1
+    positional: str = "sinusoidal"  # any of zoo.models.transformer.POSITIONAL
+    norm: str = "pre"  # pre: x + f(LN(x)) (Xiong et al. 2020); post: LN(x + f(x)) (the paper)
+    share_embeddings: bool = True  # target embedding = pre-softmax weights (section 3.4)
+    max_length: int = 256  # longest sentence: learned positions, the decoder's cache
+    max_relative_position: int = 16  # Shaw et al. (2018): k, the clipping distance
+
+
+@dataclass(frozen=True)
+class ConvS2SConfig:
+    """Gehring et al. (2017) convolutional sequence to sequence learning.
+
+    The paper (WMT'14 En-Fr): 512 hidden units, embeddings 512, 15 encoder and 15 decoder
+    layers, kernel 3. Defaults are the PyTorch seq2seq tutorial's (notebook 5) sizes:
+    embeddings 256, hidden 512, 10+10 layers, kernel 3, dropout 0.25.
+    """
+
+    src_vocab_size: int = 8000
+    tgt_vocab_size: int = 6000
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    num_encoder_layers: int = 10
+    num_decoder_layers: int = 10
+    kernel_size: int = 3
+    dropout: float = 0.25
+    max_length: int = 256  # longest sentence: the learned position embeddings
+
+
+MODEL_CONFIGS = {"bahdanau": BahdanauConfig, "cho": ChoConfig, "convs2s": ConvS2SConfig, "luong": LuongConfig,
+                 "sutskever": SutskeverConfig, "transformer": TransformerConfig}
 
 
 @dataclass(frozen=True)
@@ -110,6 +155,8 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps between resumable checkpoints
     max_steps: int | None = None  # stop early (tests, smoke runs)
     teacher_forcing: float = 1.0  # probability that a decoder step reads the reference token
+    label_smoothing: float = 0.0  # ε of Szegedy et al. (2016), as in Vaswani et al. (2017) section 5.4
+    warmup_steps: int = 0  # >0: linear warmup to learning_rate, then ∝ 1/√step (Vaswani et al. eq. 3)
 
 
 @dataclass(frozen=True)

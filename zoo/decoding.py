@@ -2,7 +2,9 @@
 
 Both work with any zoo seq2seq model (see :mod:`zoo.models`) and return the attention weights
 of every step, so attention maps need no capture machinery. ``jax.vmap`` them over a batch.
-Glossary: S source length, T decoded steps, V target vocabulary, K beam size.
+Glossary: S source length, T decoded steps, V target vocabulary, K beam size. A model whose
+decoder attends with L layers of N heads (Transformer, ConvS2S) returns weights (L, N, S) per
+step where the recurrent models return (S,).
 """
 
 import jax
@@ -69,12 +71,13 @@ def beam_search(model, memory, beam_size: int, max_length: int, length_penalty: 
       beam_size: K >= 1. max_length: steps T. length_penalty: exponent α (0: raw sum).
 
     Returns:
-      ``(tokens int32 (T,), weights (T, S))`` of the best hypothesis.
+      ``(tokens int32 (T,), weights (T, ...))`` of the best hypothesis; the weights have the shape
+      of the model's ``decode_step`` weights per step: (S,), or (L, N, S) for every layer and head.
     """
     K = beam_size
     state = model.initial_decoder_state(memory)
     states = jax.tree.map(lambda x: jnp.broadcast_to(x, (K, *x.shape)), state)
-    num_src = memory.mask.shape[0]
+    weights_shape = jax.eval_shape(model.decode_step, memory, state, jnp.int32(BOS_ID))[2].shape  # (S,) or (L, N, S)
     carry = dict(
         states=states,
         y_prev=jnp.full((K,), BOS_ID, jnp.int32),
@@ -82,7 +85,7 @@ def beam_search(model, memory, beam_size: int, max_length: int, length_penalty: 
         finished=jnp.zeros((K,), bool),
         lengths=jnp.zeros((K,), jnp.float32),
         tokens=jnp.full((K, max_length), PAD_ID, jnp.int32),
-        weights=jnp.zeros((K, max_length, num_src)),
+        weights=jnp.zeros((K, max_length, *weights_shape)),
     )
 
     def step(c, t):

@@ -31,7 +31,7 @@ from zoo.functional.masks import length_mask
 from zoo.models import build
 
 
-def example_nll(model, example, key=None, teacher_forcing: float = 1.0):
+def example_nll(model, example, key=None, teacher_forcing: float = 1.0, label_smoothing: float = 0.0):
     """Negative log-likelihood of one example, summed over its real target tokens.
 
     Args:
@@ -41,9 +41,12 @@ def example_nll(model, example, key=None, teacher_forcing: float = 1.0):
       teacher_forcing: the probability r that a decoder step reads the reference token rather
         than its own previous prediction (:func:`zoo.decoding.decode`): 1 is teacher forcing,
         0 free running (greedy), in between needs a ``key``.
+      label_smoothing: ε; the target distribution puts 1 − ε on y_t and ε/V on every token
+        (Szegedy et al. 2016; Vaswani et al. 2017, section 5.4). 0: the plain NLL.
 
     Returns:
-      ``(nll, num_tokens)``: float32 scalars, −Σ_t log p(y_t | y_<t, x) over t < tgt_length, and that count.
+      ``(nll, num_tokens)``: float32 scalars, −Σ_t log p(y_t | y_<t, x) over t < tgt_length (the
+      cross-entropy against the smoothed targets when ε > 0), and that count.
 
     Raises:
       ValueError: 0 < teacher_forcing < 1 without a key.
@@ -59,24 +62,42 @@ def example_nll(model, example, key=None, teacher_forcing: float = 1.0):
         use_reference = jnp.zeros(shape, bool) if k_coin is None else jax.random.bernoulli(k_coin, teacher_forcing, shape)
         _, logits, _ = decode(model, memory, example["tgt_in"], use_reference, k_dec)
     mask = length_mask(example["tgt_length"], example["tgt_out"].shape[0])
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, example["tgt_out"])
+    if label_smoothing > 0.0:
+        targets = optax.smooth_labels(jax.nn.one_hot(example["tgt_out"], logits.shape[-1]), label_smoothing)
+        nll = optax.softmax_cross_entropy(logits, targets)
+    else:
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, example["tgt_out"])
     return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask, dtype=jnp.float32)
 
 
-def batch_nll(graphdef, params, batch, key=None, teacher_forcing: float = 1.0):
+def batch_nll(graphdef, params, batch, key=None, teacher_forcing: float = 1.0, label_smoothing: float = 0.0):
     """Summed NLL and token count of a batch: :func:`example_nll` vmapped over its examples."""
     model = nnx.merge(graphdef, params)
     if key is None:
-        nll, n = jax.vmap(lambda ex: example_nll(model, ex, None, teacher_forcing))(batch)
+        nll, n = jax.vmap(lambda ex: example_nll(model, ex, None, teacher_forcing, label_smoothing))(batch)
     else:
         keys = jax.random.split(key, batch["src"].shape[0])
-        nll, n = jax.vmap(lambda ex, k: example_nll(model, ex, k, teacher_forcing))(batch, keys)
+        nll, n = jax.vmap(lambda ex, k: example_nll(model, ex, k, teacher_forcing, label_smoothing))(batch, keys)
     return jnp.sum(nll), jnp.sum(n)
 
 
+def learning_rate_schedule(train: TrainConfig) -> optax.Schedule:
+    """The learning rate per step: constant, or with ``warmup_steps`` = w > 0 a linear warmup to
+    the peak η followed by inverse-square-root decay (Vaswani et al. 2017, eq. 3, with the peak
+    η as a parameter instead of d_model^−0.5 · w^−0.5):
+
+        lr(s) = η · s / w  for s < w,    η · √(w / s)  after.
+    """
+    peak, warmup = train.learning_rate, train.warmup_steps
+    if warmup <= 0:
+        return optax.constant_schedule(peak)
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
+                                 lambda count: peak * jnp.sqrt(warmup / (jnp.maximum(count, 0) + warmup))], [warmup])
+
+
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
-    """Adam (Kingma & Ba 2015) after clipping the global gradient norm."""
-    return optax.chain(optax.clip_by_global_norm(train.clip_norm), optax.adam(train.learning_rate))
+    """Adam (Kingma & Ba 2015) on :func:`learning_rate_schedule`, after clipping the global gradient norm."""
+    return optax.chain(optax.clip_by_global_norm(train.clip_norm), optax.adam(learning_rate_schedule(train)))
 
 
 def init_state(model: nnx.Module, tx: optax.GradientTransformation):
@@ -86,16 +107,17 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation):
     return graphdef, {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def make_train_step(graphdef, tx, teacher_forcing: float = 1.0):
+def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing: float = 0.0):
     """The compiled ``train_step(state, batch, key) -> (state, metrics)``; ``state`` is donated.
 
-    The loss is the mean token-level cross-entropy over the batch's real target tokens.
+    The loss is the mean token-level cross-entropy over the batch's real target tokens (against
+    targets smoothed by ``label_smoothing``).
     Metrics: ``loss``, ``tokens`` (real target tokens), ``grad_norm`` (before clipping).
     """
 
     def train_step(state, batch, key):
         def loss_fn(params):
-            nll, n = batch_nll(graphdef, params, batch, key, teacher_forcing)
+            nll, n = batch_nll(graphdef, params, batch, key, teacher_forcing, label_smoothing)
             return nll / jnp.maximum(n, 1), n
 
         (loss, n), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -194,7 +216,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
 
     batch_sharding, replicated = data_parallel()
     state = jax.device_put(state, replicated)
-    train_step, eval_nll = make_train_step(graphdef, tx, t.teacher_forcing), make_eval_nll(graphdef)
+    train_step, eval_nll = make_train_step(graphdef, tx, t.teacher_forcing, t.label_smoothing), make_eval_nll(graphdef)
     step = int(state["step"])
     log = MetricsLog(workdir / "metrics.jsonl", step)
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))

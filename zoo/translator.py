@@ -23,7 +23,13 @@ class Translation:
     text: str  # the detokenized hypothesis
     source_tokens: list[str]  # the tokenized source, then "<eos>"
     tokens: list[str]  # the decoded tokens up to and including the first "<eos>" (if any)
-    attention: np.ndarray  # (len(tokens), len(source_tokens)): row i is α_i over the source
+    heads: np.ndarray  # (L, N, len(tokens), len(source_tokens)): every decoder layer's and head's attention
+    # over the source; (1, 1, ·, ·) for the recurrent models
+
+    @property
+    def attention(self) -> np.ndarray:
+        """(len(tokens), len(source_tokens)): row i is α_i over the source (the last layer, averaged over heads)."""
+        return self.heads[-1].mean(axis=0)
 
 
 class Translator:
@@ -59,7 +65,7 @@ class Translator:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = collate(src_ids, [[] for _ in src_ids], idx, batch_size, self.config.data.length_multiple)
-            max_length = 2 * batch["src"].shape[1] + 8
+            max_length = min(2 * batch["src"].shape[1] + 8, getattr(self.config.model, "max_length", np.inf))
             tokens, weights = jax.device_get(self._decode(self.params, batch, beam_size, max_length))
             for row, i in enumerate(idx):
                 ids = tokens[row].tolist()
@@ -69,7 +75,7 @@ class Translator:
                     text=p.tgt_tokenizer.detokenize(p.tgt_vocab.decode(ids)),
                     source_tokens=[p.src_vocab.itos[t] for t in batch["src"][row, :cols]],
                     tokens=[p.tgt_vocab.itos[t] for t in ids[:rows]],
-                    attention=weights[row, :rows, :cols],
+                    heads=_heads(weights[row, :rows])[..., :cols],
                 )
         return out
 
@@ -86,6 +92,13 @@ class Translator:
         """
         results = self.translate_tokens(sentences, beam_size)
         return [r.text for r in results], [r.attention for r in results]
+
+
+def _heads(weights: np.ndarray) -> np.ndarray:
+    """Decoded steps' weights (T, S) or (T, L, N, S) -> (L, N, T, S)."""
+    if weights.ndim == 2:
+        return weights[None, None]
+    return weights.transpose(1, 2, 0, 3)
 
 
 def load(workdir, step: int | None = None) -> Translator:

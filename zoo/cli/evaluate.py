@@ -27,6 +27,8 @@ def parse_args(argv=None):
     p.add_argument("--hypotheses", help="write the translations here, one per line")
     p.add_argument("--plot-attention", metavar="PNG", help="draw attention heatmaps of a few sentences")
     p.add_argument("--plot-sentences", type=int, default=4, help="how many sentences --plot-attention draws")
+    p.add_argument("--plot-layer", type=int, default=-1,
+                   help="decoder layer whose heads --plot-attention draws, one panel per head (default: the last)")
     return p.parse_args(argv)
 
 
@@ -90,6 +92,11 @@ def main(argv=None) -> int:
     if args.plot_attention:
         from zoo.plotting import plot_attention
 
-        plot_attention(translator.translate_tokens(sources[: args.plot_sentences], args.beam_size), args.plot_attention)
+        try:
+            plot_attention(translator.translate_tokens(sources[: args.plot_sentences], args.beam_size),
+                           args.plot_attention, args.plot_layer)
+        except ValueError as e:
+            print(f"evaluate.py: error: --plot-layer: {e}", file=sys.stderr)
+            return 2
     return 0
 

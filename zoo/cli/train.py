@@ -26,6 +26,10 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help="steps")
     p.add_argument("--teacher-forcing", type=float, default=TrainConfig.teacher_forcing,
                    help="probability that a decoder step reads the reference token, else its own prediction")
+    p.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
+                   help="ε: the training targets put 1 − ε on the reference token (0: none)")
+    p.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps,
+                   help="linear warmup to --learning-rate over this many steps, then 1/√step decay (0: constant)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
     p.add_argument("--no-lowercase", action="store_true", help="keep the corpus's casing")
     p.add_argument("--min-freq", type=int, default=DataConfig.min_freq)
@@ -64,13 +68,18 @@ def main(argv=None) -> int:
     try:
         if not 0.0 <= args.teacher_forcing <= 1.0:
             raise ZooError(f"--teacher-forcing {args.teacher_forcing}: must be in [0, 1]")
+        if not 0.0 <= args.label_smoothing < 1.0:
+            raise ZooError(f"--label-smoothing {args.label_smoothing}: must be in [0, 1)")
+        if args.warmup_steps < 0:
+            raise ZooError(f"--warmup-steps {args.warmup_steps}: must be at least 0")
         model_config = MODEL_CONFIGS[args.model]()
         config = Config(
             model_name=args.model,
             model=replace_fields(model_config, model_overrides(args.set, model_config)),
             data=DataConfig(args.dataset, args.src_lang, args.tgt_lang, not args.no_lowercase, args.min_freq),
             train=TrainConfig(args.epochs, args.batch_size, args.learning_rate, args.clip_norm, args.seed,
-                              args.checkpoint_every, args.max_steps, args.teacher_forcing),
+                              args.checkpoint_every, args.max_steps, args.teacher_forcing, args.label_smoothing,
+                              args.warmup_steps),
         )
         from zoo.training import train
 

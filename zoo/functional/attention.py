@@ -1,4 +1,5 @@
-"""Attention as pure functions: scores, soft and hard weights, the context vector.
+"""Attention as pure functions: scores, soft and hard weights, the context vector, and the
+scaled dot-product attention of the Transformer in three forms (reference, fused, blocked).
 
 An attention over S source positions computes logits e_j = score(query, k_j), weights
 α = softmax(e) restricted to the real positions (soft), or a one-hot α (hard), and the context
@@ -8,6 +9,8 @@ through the score's ``project_keys(params, keys (S, K))``: that part does not de
 query, so a decoder takes it once per source sentence, outside its recurrence.
 
 Shapes: S source (key) positions, Q query width, K key width, A attention width, C value width.
+Multi-head attention uses the layout of ``jax.nn.dot_product_attention``: queries (..., Tq, N, d_k),
+keys (..., Tk, N, d_k), values (..., Tk, N, d_v) with N heads, weights (..., N, Tq, Tk).
 """
 
 import math
@@ -94,6 +97,124 @@ def context_vector(weights, values):
       c (..., C).
     """
     return weights @ values
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, bias=None):
+    """Scaled dot-product attention (Vaswani et al. 2017, eq. 1), for every head at once:
+
+        weights = softmax(Q Kᵀ / √d_k + bias) over the allowed keys,   output = weights V
+
+    The reference path: it returns the weights. A row with no allowed key gets zero weights and a
+    zero output (never NaN).
+
+    Args:
+      query: float (..., Tq, N, d_k). key: float (..., Tk, N, d_k). value: float (..., Tk, N, d_v).
+      mask: bool broadcastable to (..., N, Tq, Tk), True where query i may attend key j; None: all.
+      bias: float broadcastable to (..., N, Tq, Tk), added to the scaled logits (ALiBi, relative
+        positions); None: no bias.
+
+    Returns:
+      ``(output (..., Tq, N, d_v), weights (..., N, Tq, Tk))``.
+    """
+    logits = jnp.einsum("...qnd,...knd->...nqk", query, key) / math.sqrt(query.shape[-1])
+    if bias is not None:
+        logits = logits + bias
+    weights = jax.nn.softmax(logits, axis=-1) if mask is None else masked_softmax(logits, mask)
+    return jnp.einsum("...nqk,...knd->...qnd", weights, value), weights
+
+
+def _key_mask(key_mask, causal: bool, num_queries: int, num_keys: int, ndim: int, key_offset=0):
+    """The keys a query may read, bool of rank ``ndim`` broadcastable to (..., N, Tq, Tk), or None for all."""
+    mask = None if key_mask is None else key_mask[..., None, None, :]
+    if causal:
+        allowed = jnp.arange(num_queries)[:, None] >= key_offset + jnp.arange(num_keys)[None, :]
+        allowed = allowed.reshape((1,) * (ndim - 2) + allowed.shape)
+        mask = allowed if mask is None else mask & allowed
+    return mask
+
+
+def fused_attention(query, key, value, key_mask=None, causal: bool = False, implementation=None):
+    """Scaled dot-product attention through ``jax.nn.dot_product_attention`` (no weights returned).
+
+    The fast path: XLA's fused kernel, or cuDNN's flash attention with ``implementation="cudnn"``
+    (NVIDIA GPUs, float16/bfloat16). A query with no allowed key gets a zero output, as in
+    :func:`scaled_dot_product_attention`.
+
+    Args:
+      query, key, value: as :func:`scaled_dot_product_attention`.
+      key_mask: bool (..., Tk), True on real keys; None: all real.
+      causal: query i reads only keys j <= i.
+      implementation: None (XLA), "xla" or "cudnn".
+
+    Returns:
+      output (..., Tq, N, d_v).
+    """
+    mask = _key_mask(key_mask, False, 0, 0, query.ndim)
+    output = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal, implementation=implementation)
+    if key_mask is None:
+        return output
+    return jnp.where(jnp.any(key_mask, axis=-1)[..., None, None, None], output, 0.0)
+
+
+def blocked_attention(query, key, value, key_mask=None, causal: bool = False, block_size: int = 128):
+    """Memory-efficient scaled dot-product attention: the keys are read in blocks of B with an
+    online softmax (Milakov & Gimelshein 2018; Rabe & Staats 2021; FlashAttention, Dao et al. 2022):
+
+        m' = max(m, max_j s_j),  l' = l·e^{m−m'} + Σ_j e^{s_j−m'},  o' = o·e^{m−m'} + Σ_j e^{s_j−m'} v_j
+
+    and output = o / l after the last block. Only a (N, Tq, B) block of logits exists at a time,
+    so memory grows linearly in the sequence length; the block is rematerialised in the backward
+    pass (``jax.checkpoint``), so training memory stays linear too. Equal to
+    :func:`scaled_dot_product_attention` up to float rounding; fully masked rows give zeros.
+
+    Args:
+      query, key, value: as :func:`scaled_dot_product_attention`.
+      key_mask: bool (..., Tk), True on real keys; None: all real.
+      causal: query i reads only keys j <= i.
+      block_size: B, keys per block (the keys are padded to a multiple of B).
+
+    Returns:
+      output (..., Tq, N, d_v).
+    """
+    num_queries, num_keys = query.shape[-3], key.shape[-3]
+    num_blocks = -(-num_keys // block_size)
+    pad = num_blocks * block_size - num_keys
+    if key_mask is None:
+        key_mask = jnp.ones(key.shape[:-3] + (num_keys,), bool)
+    widths = [(0, 0)] * (key.ndim - 3) + [(0, pad), (0, 0), (0, 0)]
+    key, value = jnp.pad(key, widths), jnp.pad(value, widths)
+    key_mask = jnp.pad(key_mask, [(0, 0)] * (key_mask.ndim - 1) + [(0, pad)])
+
+    def blocks(x, axis):  # (..., nb·B, ...) -> (nb, ..., B, ...)
+        x = x.reshape(x.shape[:axis] + (num_blocks, block_size) + x.shape[axis + 1 :])
+        return jnp.moveaxis(x, axis, 0)
+
+    query = query / math.sqrt(query.shape[-1])
+    batch = query.shape[:-3]
+    heads = query.shape[-2]
+
+    @jax.checkpoint
+    def step(carry, block):
+        row_max, total, acc = carry  # (..., N, Tq), (..., N, Tq), (..., Tq, N, d_v)
+        k, v, valid, start = block
+        logits = jnp.einsum("...qnd,...knd->...nqk", query, k)
+        allowed = _key_mask(valid, causal, num_queries, block_size, query.ndim, start)
+        logits = jnp.where(allowed, logits, -jnp.inf)
+        new_max = jnp.maximum(row_max, jnp.max(logits, axis=-1))
+        safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+        p = jnp.exp(logits - safe_max[..., None])  # exactly 0 where not allowed
+        correction = jnp.exp(row_max - safe_max)  # 0 while row_max = −∞
+        total = total * correction + jnp.sum(p, axis=-1)
+        acc = acc * jnp.swapaxes(correction, -1, -2)[..., None] + jnp.einsum("...nqk,...knd->...qnd", p, v)
+        return (new_max, total, acc), None
+
+    init = (jnp.full(batch + (heads, num_queries), -jnp.inf, query.dtype), jnp.zeros(batch + (heads, num_queries), query.dtype),
+            jnp.zeros(batch + (num_queries, heads, value.shape[-1]), value.dtype))
+    starts = jnp.arange(num_blocks) * block_size
+    (_, total, acc), _ = jax.lax.scan(step, init, (blocks(key, key.ndim - 3), blocks(value, value.ndim - 3),
+                                                   blocks(key_mask, key_mask.ndim - 1), starts))
+    total = jnp.swapaxes(total, -1, -2)[..., None]  # (..., Tq, N, 1)
+    return acc / jnp.where(total > 0, total, 1.0)
 
 
 def _identity(params, keys):

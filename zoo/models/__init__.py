@@ -3,9 +3,12 @@
 Every seq2seq model works on one example and offers:
   ``encode(src, src_length, key=None) -> memory``,
   ``initial_decoder_state(memory) -> state``,
-  ``decode_step(memory, state, y_prev, key=None) -> (state, logits (V,), weights (S,))``,
-  ``__call__(src, src_length, tgt_in, key=None) -> (logits (T, V), weights (T, S))`` (teacher forcing),
-and a class attribute ``has_attention`` (models without attention return all-zero weights).
+  ``decode_step(memory, state, y_prev, key=None) -> (state, logits (V,), weights (S,) or (L, N, S))``,
+  ``__call__(src, src_length, tgt_in, key=None) -> (logits (T, V), weights (T, S) or (T, L, N, S))``
+  (teacher forcing),
+and a class attribute ``has_attention`` (models without attention return all-zero weights). The
+recurrent models attend once per step (S,); the Transformer and ConvS2S return the attention of
+every decoder layer and head, (L, N, S) per step (ConvS2S: one head per layer).
 """
 
 from flax import nnx
@@ -13,10 +16,13 @@ from flax import nnx
 from zoo.config import MODEL_CONFIGS, replace_fields
 from zoo.models.bahdanau import Bahdanau
 from zoo.models.cho import Cho
+from zoo.models.convs2s import ConvS2S
 from zoo.models.luong import Luong
 from zoo.models.sutskever import Sutskever
+from zoo.models.transformer import Transformer
 
-MODELS = {"bahdanau": Bahdanau, "cho": Cho, "luong": Luong, "sutskever": Sutskever}
+MODELS = {"bahdanau": Bahdanau, "cho": Cho, "convs2s": ConvS2S, "luong": Luong, "sutskever": Sutskever,
+          "transformer": Transformer}
 
 
 def list_models() -> list[str]:

@@ -3,7 +3,7 @@
 Every module works on one example (no batch axis); batching is ``jax.vmap`` by the caller.
 """
 
-from zoo.nn.attention import Attention
+from zoo.nn.attention import Attention, MultiHeadAttention
 from zoo.nn.recurrent import Bidirectional, RNNLayer, StackedRNN
 
-__all__ = ["Attention", "Bidirectional", "RNNLayer", "StackedRNN"]
+__all__ = ["Attention", "MultiHeadAttention", "Bidirectional", "RNNLayer", "StackedRNN"]

@@ -1,9 +1,13 @@
 """Attention modules (one example at a time)."""
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
-from zoo.functional import attention
+from zoo.functional import attention, positional
 from zoo.functional.counting import record
+
+RELATIVE = (None, "shaw", "rope", "alibi")
 
 
 class Attention(nnx.Module):
@@ -69,3 +73,98 @@ class Attention(nnx.Module):
         if self.gaussian:
             weights = weights * attention.gaussian_window(center, num_positions, self.window)
         return attention.context_vector(weights, values), weights
+
+
+class MultiHeadAttention(nnx.Module):
+    """Multi-head attention (Vaswani et al. 2017, section 3.2.2):
+
+        head_n = Attention(X_q W_Q^n, X_k W_K^n, X_v W_V^n),  n = 1..N
+        MultiHead = [head_1; ...; head_N] W_O,   W_O: (N·d_head, d_model)
+
+    with the scaled dot-product attention of :func:`zoo.functional.attention.scaled_dot_product_attention`
+    and, optionally, relative positions inside it: Shaw et al.'s (2018) tables a^K, a^V shared by
+    the heads, RoPE (rotating queries and keys) or ALiBi (a per-head distance bias).
+
+    Parameters: ``w_query``, ``w_key``, ``w_value`` (d_model, N·d_head) with biases ``b_*`` (N·d_head,),
+    ``w_out`` (N·d_head, d_model), ``b_out`` (d_model,); with Shaw, ``relative_key`` and
+    ``relative_value`` (2k+1, d_head).
+
+    Args:
+      d_model: model width. num_heads: N; d_head = d_model / N.
+      relative: None, "shaw", "rope" or "alibi". max_relative_position: Shaw's clipping distance k.
+
+    Raises:
+      ValueError: d_model not divisible by num_heads, or unknown ``relative``.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, *, relative: str | None = None, max_relative_position: int = 16,
+                 rngs: nnx.Rngs):
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        if relative not in RELATIVE:
+            raise ValueError(f"unknown relative position method {relative!r}; choose from shaw, rope, alibi")
+        self.num_heads, self.d_head, self.relative = num_heads, d_model // num_heads, relative
+        self.max_relative_position = max_relative_position
+        glorot, width = jax.nn.initializers.glorot_uniform(), num_heads * self.d_head
+        for name in ("query", "key", "value"):
+            setattr(self, f"w_{name}", nnx.Param(glorot(rngs.params(), (d_model, width))))
+            setattr(self, f"b_{name}", nnx.Param(jnp.zeros((width,))))
+        self.w_out = nnx.Param(glorot(rngs.params(), (width, d_model)))
+        self.b_out = nnx.Param(jnp.zeros((d_model,)))
+        if relative == "shaw":
+            shape = (2 * max_relative_position + 1, self.d_head)
+            self.relative_key = nnx.Param(glorot(rngs.params(), shape))
+            self.relative_value = nnx.Param(glorot(rngs.params(), shape))
+
+    def _project(self, x, name: str, positions):
+        """x (T, d_model) -> (T, N, d_head), rotated by RoPE for queries and keys."""
+        y = (x @ getattr(self, f"w_{name}")[...] + getattr(self, f"b_{name}")[None, :]).reshape(
+            x.shape[0], self.num_heads, self.d_head)
+        if self.relative == "rope" and name != "value":
+            y = positional.rotary(y, positions)
+        return y
+
+    def queries(self, x, positions):
+        """Queries Q = x W_Q + b (T, N, d_head) of inputs x (T, d_model) at int positions (T,)."""
+        return self._project(x, "query", positions)
+
+    def keys_values(self, x, positions):
+        """``(K, V)``, each (T, N, d_head), of inputs x (T, d_model) at int positions (T,).
+        A decoder caches them; cross-attention takes them once per source sentence."""
+        return self._project(x, "key", positions), self._project(x, "value", positions)
+
+    def attend(self, query, key, value, mask, query_positions, key_positions):
+        """Attention of projected queries (Tq, N, d_head) over projected keys and values (Tk, N, d_head).
+
+        Args:
+          mask: bool broadcastable to (N, Tq, Tk), True where query i may read key j, or None.
+          query_positions: int (Tq,). key_positions: int (Tk,) (used by Shaw and ALiBi).
+
+        Returns:
+          ``(output (Tq, d_model), weights (N, Tq, Tk))``.
+        """
+        bias = None
+        if self.relative == "shaw":
+            indices = positional.relative_positions(query_positions, key_positions, self.max_relative_position)
+            bias = positional.relative_logits(query, self.relative_key[...], indices)
+        elif self.relative == "alibi":
+            bias = positional.alibi_bias(positional.alibi_slopes(self.num_heads), query_positions, key_positions)
+        heads, weights = attention.scaled_dot_product_attention(query, key, value, mask, bias)
+        if self.relative == "shaw":
+            heads = heads + positional.relative_values(weights, self.relative_value[...], indices)
+        output = heads.reshape(heads.shape[0], -1) @ self.w_out[...] + self.b_out[None, :]
+        return output, weights
+
+    def __call__(self, inputs_q, inputs_kv, mask=None, query_positions=None, key_positions=None):
+        """Attention of inputs_q (Tq, d_model) over inputs_kv (Tk, d_model) (the same array for
+        self-attention); positions default to 0..T−1.
+
+        Returns:
+          ``(output (Tq, d_model), weights (N, Tq, Tk))``.
+        """
+        if query_positions is None:
+            query_positions = jnp.arange(inputs_q.shape[0])
+        if key_positions is None:
+            key_positions = jnp.arange(inputs_kv.shape[0])
+        key, value = self.keys_values(inputs_kv, key_positions)
+        return self.attend(self.queries(inputs_q, query_positions), key, value, mask, query_positions, key_positions)
