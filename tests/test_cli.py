@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 
 import jax
 import pytest
@@ -91,7 +92,6 @@ def test_evaluate_mismatched_files(trained, tmp_path, capsys):
     ],
 )
 def test_train_bad_data_fails_in_one_line_and_keeps_the_workdir(trained, tmp_path, capsys, damage, message, monkeypatch):
-    import re
     import shutil
 
     data, workdir = trained
@@ -145,3 +145,33 @@ def test_evaluate_plot_attention_refuses_a_model_without_attention(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "model 'sutskever' has no attention to plot" in err
     assert snapshot(workdir) == before and not (tmp_path / "a.png").exists()
+
+
+def test_transformer_trains_and_plots_one_panel_per_head(trained, tmp_path, capsys):
+    data, _ = trained
+    workdir, png = tmp_path / "transformer", tmp_path / "heads.png"
+    tiny = ["--set", "d_model=8", "--set", "num_heads=2", "--set", "d_ff=8", "--set", "num_encoder_layers=1",
+            "--set", "num_decoder_layers=2", "--set", "max_length=40", "--min-freq", "1", "--batch-size", "8",
+            "--no-progress"]
+    assert train.main(["--workdir", str(workdir), "--data-dir", str(data), "--model", "transformer", "--max-steps", "2",
+                       "--warmup-steps", "2", "--label-smoothing", "0.1", *tiny]) == 0
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["train"]["label_smoothing"] == 0.1 and config["train"]["warmup_steps"] == 2
+    before = snapshot(workdir)
+    assert evaluate.main(["--workdir", str(workdir), "--data-dir", str(data), "--split", "val", "--plot-attention",
+                          str(png), "--plot-sentences", "1", "--plot-layer", "0"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert evaluate.main(["--workdir", str(workdir), "--data-dir", str(data), "--split", "val", "--plot-attention",
+                          str(tmp_path / "none.png"), "--plot-layer", "2"]) == 2
+    assert "layer 2 out of range: the model has 2 decoder layer(s)" in capsys.readouterr().err
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("flag, value, message", [("--label-smoothing", "1.0", "must be in \\[0, 1\\)"),
+                                                  ("--warmup-steps", "-1", "must be at least 0")])
+def test_train_refuses_bad_schedule_and_smoothing(tmp_path, capsys, flag, value, message):
+    assert train.main(["--workdir", str(tmp_path / "w"), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err)
+    assert not (tmp_path / "w").exists()
