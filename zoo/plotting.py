@@ -1,8 +1,12 @@
-"""All matplotlib use in the zoo. Imported lazily by the command-line tools."""
+"""All matplotlib use in the zoo: attention heatmaps and the benchmark's log-log plots.
+Imported lazily by the command-line tools."""
 
 import math
+from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,3 +53,109 @@ def plot_attention(translations, path, layer: int = -1) -> None:
     fig.colorbar(image, ax=axes, label="attention weight α", shrink=0.6)
     fig.savefig(path, dpi=100 if num_heads > 1 else 120)
     plt.close(fig)
+
+
+SIZE_OF = {"m*t": lambda r: r["m"] * r["t"], "m+t": lambda r: r["m"] + r["t"], "n": lambda r: r["n"], "d": lambda r: r["d"]}
+AXIS_LABEL = {"m*t": "m·t (source × target length)", "m+t": "m + t", "n": "sequence length n", "d": "width d"}
+
+
+def _panel(ax, rows_by_series: dict, fits: list, against: str, value, fit_kinds: tuple, ylabel: str) -> None:
+    """One log-log panel: a marker series per name and its fitted lines over their fit ranges,
+    the first of ``fit_kinds`` solid, any others dotted; the legend gives every slope."""
+    for i, (name, rows) in enumerate(rows_by_series.items()):
+        color = f"C{i}"
+        x = np.array([SIZE_OF[against](r) for r in rows], dtype=float)
+        y = np.array([value(r) for r in rows], dtype=float)
+        order = np.argsort(x)
+        ax.plot(x[order], y[order], "o", color=color, markersize=4, alpha=0.8)
+        slopes = []
+        for style, kind in zip(("-", ":", ":"), fit_kinds):
+            fit = next((f for f in fits if f["series"] == f"{name} {kind}" and f["against"] == against), None)
+            if fit is not None:
+                xs = np.geomspace(fit["x_min"], fit["x_max"], 20)
+                ax.plot(xs, np.exp(fit["intercept"]) * xs ** fit["exponent"], style, color=color)
+                slopes.append(f"{fit['exponent']:.2f} over {fit['x_min']:.0f}-{fit['x_max']:.0f}")
+        ax.plot([], [], "o-", color=color, label=f"{name}: slope " + ", ".join(slopes) if slopes else name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(AXIS_LABEL[against])
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def seq2seq_plot(results: dict, path: Path) -> None:
+    """Time against m·t and against m + t, one row per timed pass, a series per model."""
+    s = results["seq2seq"]
+    passes = list(dict.fromkeys(r["pass"] for r in s["measurements"]))
+    fig, axes = plt.subplots(len(passes), 2, figsize=(10, 4 * len(passes)), squeeze=False, layout="constrained")
+    for row, pass_ in zip(axes, passes):
+        series = {}
+        for r in s["measurements"]:
+            if r["pass"] == pass_:
+                series.setdefault(f"{r['model']}/{pass_}", []).append(r)
+        for ax, against in zip(row, ("m*t", "m+t")):
+            _panel(ax, series, s["fits"], against, lambda r: r["time"]["median"], ("time, large", "time"),
+                   f"{pass_} time (s)")
+    fig.suptitle(f"GRU seq2seq, batch {s['sizes']['batch']}, H = A = {s['sizes']['hidden']}: "
+                 f"{results['setting']['device_kind']}, {results['setting']['dtype']} "
+                 f"(solid: fit over m·t >= {s['sizes']['fit_from']}, dotted: whole grid)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def memory_plot(results: dict, path: Path) -> None:
+    """XLA's peak memory of the additive attention's variants at m = t = memory_length."""
+    s = results["seq2seq"]
+    rows = s["memory"]
+    labels = [("no attention" if r["model"] == "none" else f"{r['scoring']}{' +remat' if r['remat'] else ''}")
+              + f"\n{r['pass']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    bars = ax.bar(labels, [r["memory"]["peak"] / 2**20 for r in rows], color=[f"C{i}" for i in range(len(rows))])
+    ax.bar_label(bars, [f"{r['ratio_to_broadcast']:.1%}" for r in rows], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("peak memory (MiB), XLA memory_analysis")
+    ax.set_title(f"additive attention, m = t = {s['sizes']['memory_length']}, batch {s['sizes']['batch']} "
+                 "(labels: share of the broadcast version)", fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def layers_plot(results: dict, path: Path) -> None:
+    """Forward time and memory against n at fixed d, and forward time against d at fixed n, a
+    series per layer kind (Vaswani et al. 2017, Table 1, measured)."""
+    lay = results["layers"]
+    sizes = lay["sizes"]
+    by_n, by_d = {}, {}
+    for r in lay["measurements"]:
+        if r["pass"] != "forward":
+            continue
+        name = f"{r['kind']}/forward"
+        if r["d"] == sizes["fixed_d"] and r["n"] in sizes["n_grid"]:
+            by_n.setdefault(name, []).append(r)
+        if r["n"] == sizes["fixed_n"] and r["d"] in sizes["d_grid"]:
+            by_d.setdefault(name, []).append(r)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), layout="constrained")
+    _panel(axes[0], by_n, lay["fits"], "n", lambda r: r["time"]["median"], ("time",), f"forward time (s), d = {sizes['fixed_d']}")
+    _panel(axes[1], by_n, lay["fits"], "n", lambda r: r["memory"]["peak"], ("memory",),
+           f"peak memory (bytes), d = {sizes['fixed_d']}")
+    _panel(axes[2], by_d, lay["fits"], "d", lambda r: r["time"]["median"], ("time",), f"forward time (s), n = {sizes['fixed_n']}")
+    fig.suptitle(f"layers, batch {sizes['batch']}: {results['setting']['device_kind']}, {results['setting']['dtype']} "
+                 "(lines: least-squares fits over the largest sizes)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_scaling_plots(results: dict, out: Path) -> list[Path]:
+    """The benchmark's log-log plots (every fitted power law drawn over its fit range and labelled
+    with its exponent): every plot the results allow, as PNGs in ``out``; returns their paths."""
+    paths = []
+    if "seq2seq" in results:
+        paths += [out / "seq2seq_time.png", out / "seq2seq_memory.png"]
+        seq2seq_plot(results, paths[-2])
+        memory_plot(results, paths[-1])
+    if "layers" in results:
+        paths.append(out / "layers.png")
+        layers_plot(results, paths[-1])
+    return paths

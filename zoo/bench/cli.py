@@ -1,0 +1,77 @@
+"""The scaling benchmark: ``python benchmark.py [seq2seq] [layers] [--quick] [--peer torch]``.
+
+How the cost of each mechanism grows, on whatever device JAX sees:
+
+  seq2seq  a GRU encoder-decoder without attention (O(m + t) recurrent steps) and with additive
+           or dot attention (m·t scores, counted as they run), forward pass and training step,
+           over a grid of source length m and target length t; the memory of the naive additive
+           attention (a (t, m, A) tensor) against scoring step by step, with and without
+           rematerialisation.
+  layers   self-attention O(n²·d) (reference, jax.nn.dot_product_attention, blocked), recurrent
+           O(n·d²) (LSTM, GRU) and convolution O(k·n·d²) layers (Vaswani et al. 2017, Table 1):
+           time, FLOP/s, peak memory, FLOPs (analytic and XLA's), n and d swept.
+
+Writes DIR/scaling.json (every measurement, fitted exponent with its range, and target),
+DIR/table.txt (the printed table) and log-log PNGs with the fitted slopes.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+MIN_REPEATS = 5
+
+
+def parse_args(argv=None):
+    from zoo.bench.runner import DTYPES, PEERS, STUDIES
+
+    p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("studies", nargs="*", metavar="STUDY", help=f"any of {', '.join(STUDIES)} (default: all)")
+    p.add_argument("--quick", action="store_true", help="small sizes, forward passes: a minute or so on a laptop CPU")
+    p.add_argument("--device", default=None, help="cpu, gpu or tpu (default: JAX's default device)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--out", default="benchmark-results", help="output folder (default: benchmark-results)")
+    p.add_argument("--peer", choices=PEERS, help="time the same layers in this framework, in the same run")
+    p.add_argument("--peer-threads", type=int, default=None, help="the peer's intra-op threads (default: its own default)")
+    p.add_argument("--repeats", type=int, default=None, help=f"timed runs per figure, >= {MIN_REPEATS} (default: the preset's)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        from zoo.bench.runner import QUICK, STUDIES, full_preset, run_benchmark
+
+        unknown = [s for s in args.studies if s not in STUDIES]
+        if unknown:
+            raise ZooError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
+        if args.repeats is not None and args.repeats < MIN_REPEATS:
+            raise ZooError(f"--repeats {args.repeats}: every figure is a median of at least {MIN_REPEATS} runs")
+        if args.peer_threads is not None and args.peer_threads < 1:
+            raise ZooError(f"--peer-threads {args.peer_threads}: must be at least 1")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ZooError(f"--out {out}: exists and is not a folder")
+        from dataclasses import replace
+
+        from zoo.bench.measure import pick_device
+        from zoo.bench.peer_torch import PeerUnavailable
+
+        try:
+            device = pick_device(args.device)
+        except RuntimeError as e:
+            raise ZooError(f"--device {args.device}: {e}") from None
+        preset = QUICK if args.quick else full_preset(device)
+        if args.repeats is not None:
+            preset = replace(preset, repeats=args.repeats)
+        studies = [s for s in STUDIES if s in args.studies] if args.studies else list(STUDIES)
+        try:
+            run_benchmark(studies, preset, out, device, args.dtype, args.peer, args.peer_threads)
+        except PeerUnavailable as e:
+            raise ZooError(str(e)) from None
+    except ZooError as e:
+        print(f"benchmark.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
