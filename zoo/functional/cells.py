@@ -56,7 +56,12 @@ def elman_update(params, h, gates_x):
     Returns:
       ``(h', h')``: carry and output (H,).
     """
-    h = jnp.tanh(gates_x + h @ params["w_h"] + params["b_h"])
+    return _elman_core(h, gates_x, h @ params["w_h"] + params["b_h"])
+
+
+def _elman_core(h, gates_x, hh):
+    """Elman step given the hidden product hh = W_h h + b_h."""
+    h = jnp.tanh(gates_x + hh)
     return h, h
 
 
@@ -76,9 +81,13 @@ def lstm_update(params, carry, gates_x):
     Returns:
       ``((h', c'), h')``.
     """
-    h, c = carry
-    i, f, g, o = jnp.split(gates_x + h @ params["w_h"] + params["b_h"], 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return _lstm_core(carry, gates_x, carry[0] @ params["w_h"] + params["b_h"])
+
+
+def _lstm_core(carry, gates_x, hh):
+    """LSTM step given the hidden product hh = W_h h + b_h."""
+    i, f, g, o = jnp.split(gates_x + hh, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * carry[1] + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return (h, c), h
 
@@ -104,17 +113,24 @@ def gru_update(params, h, gates_x, reset_after: bool = True):
     Returns:
       ``(h', h')``.
     """
-    xr, xz, xn = jnp.split(gates_x, 3, axis=-1)
     w_h, b_h = params["w_h"], params["b_h"]
-    hidden = w_h.shape[0]
     if reset_after:
-        hr, hz, hn = jnp.split(h @ w_h + b_h, 3, axis=-1)
-        r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + r * hn)
-    else:
-        hr, hz = jnp.split(h @ w_h[:, : 2 * hidden] + b_h[: 2 * hidden], 2, axis=-1)
-        r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + (r * h) @ w_h[:, 2 * hidden :] + b_h[2 * hidden :])
+        return _gru_core(h, gates_x, h @ w_h + b_h)
+    xr, xz, xn = jnp.split(gates_x, 3, axis=-1)
+    hidden = w_h.shape[0]
+    hr, hz = jnp.split(h @ w_h[:, : 2 * hidden] + b_h[: 2 * hidden], 2, axis=-1)
+    r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + (r * h) @ w_h[:, 2 * hidden :] + b_h[2 * hidden :])
+    h = (1.0 - z) * n + z * h
+    return h, h
+
+
+def _gru_core(h, gates_x, hh):
+    """GRU step (``reset_after=True``) given the hidden product hh = W_h h + b_h."""
+    xr, xz, xn = jnp.split(gates_x, 3, axis=-1)
+    hr, hz, hn = jnp.split(hh, 3, axis=-1)
+    r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + r * hn)
     h = (1.0 - z) * n + z * h
     return h, h
 
@@ -197,11 +213,95 @@ def run_rnn(step: Callable, carry, xs, seq_length, reverse: bool = False):
     return jax.lax.scan(masked_step, carry, (xs, mask), reverse=reverse)
 
 
+def _hidden_product_core(cell: str, reset_after: bool) -> Callable | None:
+    """``core(carry, gates_x, hh) -> (carry, y)`` for the cells that read the previous hidden
+    state in their gates only through hh = W_h h + b_h (Elman, LSTM, GRU with ``reset_after``);
+    None for the GRU of Cho et al. (``reset_after=False``), whose candidate reads W_h (r ⊙ h)."""
+    if cell == "rnn":
+        return _elman_core
+    if cell == "lstm":
+        return _lstm_core
+    if cell == "gru" and reset_after:
+        return _gru_core
+    return None
+
+
+def _hidden_product_scan(core: Callable, hidden_of: Callable, reverse: bool) -> Callable:
+    """``scan(w_h, b_h, carry, gates_x, mask) -> (final_carry, ys)``: the masked scan of
+    :func:`run_rnn` for a cell ``core(carry, gates_x_t, hh_t)`` with hh_t = h_{t-1} W_h + b_h
+    (h_{t-1} = ``hidden_of(carry)``), with a hand-written backward pass.
+
+    Why: differentiating the scan, JAX's transpose accumulates ∂L/∂W_h in the reversed loop, an
+    (H, G·H) read-modify-write and an outer product of one step's rows every step. PyTorch's
+    nn.LSTM instead computes ∂W_h once after the loop, as one matrix product over all steps; on
+    a CPU (B=4, T=512, D=H=256) that made the zoo's LSTM forward+backward 4.6× slower than
+    torch's. Here the backward scan only carries ∂carry: per step it takes the cell's VJP at the
+    saved (carry, gates_x_t, hh_t), emits ∂gates_x_t and ∂hh_t, and sends ∂hh_t W_hᵀ back to
+    h_{t-1}; after it, ∂W_h = Σ_t h_{t-1}ᵀ ∂hh_t is one einsum over all T steps and
+    ∂b_h = Σ_t ∂hh_t. Under ``jax.vmap`` JAX runs this backward pass batched, so the einsum is
+    one (T, H)ᵀ(T, G·H) product per example, summed over the batch. Measured (2-core CPU, B=4,
+    T=512, D=H=256, vmapped, forward+backward): LSTM 156 → 68 ms, GRU 96 → 47 ms, where
+    torch.nn.LSTM takes 33 ms and torch.nn.GRU 115 ms (one thread).
+
+    Padding steps (``mask`` False) keep the carry and output zeros, as in :func:`run_rnn`, and
+    get zero cotangents; ``mask`` itself gets none. Being a ``jax.custom_vjp``, it supports
+    reverse-mode differentiation only (no ``jax.jvp``/``jax.jacfwd``).
+    """
+
+    def step(w_h, b_h, carry, gates_x, real):
+        record("recurrent_steps", 1)
+        hh = hidden_of(carry) @ w_h + b_h
+        new_carry, y = core(carry, gates_x, hh)
+        new_carry = jax.tree.map(lambda n, o: jnp.where(real, n, o), new_carry, carry)
+        return new_carry, jnp.where(real, y, jnp.zeros_like(y)), hh
+
+    def forward_saving(w_h, b_h, carry, gates_x, mask):
+        def body(c, inputs):
+            new_carry, y, hh = step(w_h, b_h, c, *inputs)
+            return new_carry, (y, c, hh)
+
+        last, (ys, carries, hhs) = jax.lax.scan(body, carry, (gates_x, mask), reverse=reverse)
+        return (last, ys), (w_h, carries, gates_x, hhs, mask)
+
+    def backward(saved, cotangents):
+        w_h, carries, gates_x, hhs, mask = saved
+        d_last, d_ys = cotangents
+        w_h_t = jnp.transpose(w_h)  # once, outside the loop: a product with a transposed operand is slower
+
+        def body(d_carry, inputs):
+            carry, gx, hh, real, dy = inputs
+            keep = lambda a: jnp.where(real, a, jnp.zeros_like(a))
+            _, core_vjp = jax.vjp(core, carry, gx, hh)
+            d_prev, d_gx, d_hh = core_vjp((jax.tree.map(keep, d_carry), keep(dy)))
+            _, hidden_vjp = jax.vjp(hidden_of, carry)
+            (d_h,) = hidden_vjp(d_hh @ w_h_t)
+            # at a padding step the carry passed through: its cotangent does too
+            d_prev = jax.tree.map(lambda a, b, d: a + b + jnp.where(real, jnp.zeros_like(d), d), d_prev, d_h, d_carry)
+            return d_prev, (d_gx, d_hh)
+
+        d_first, (d_gates_x, d_hhs) = jax.lax.scan(
+            body, d_last, (carries, gates_x, hhs, mask, d_ys), reverse=not reverse)
+        d_w_h = jnp.einsum("th,tg->hg", hidden_of(carries), d_hhs)  # one product over all steps
+        return d_w_h, jnp.sum(d_hhs, axis=0), d_first, d_gates_x, None
+
+    @jax.custom_vjp
+    def scan(w_h, b_h, carry, gates_x, mask):
+        return forward_saving(w_h, b_h, carry, gates_x, mask)[0]
+
+    scan.defvjp(forward_saving, backward)
+    return scan
+
+
 def recurrent(cell: str, params, xs, seq_length, carry, reverse: bool = False, reset_after: bool = True):
     """Run a named cell over a sequence, honouring ``seq_length``.
 
     The input half of the gates is computed for all steps at once (:func:`input_projection`);
-    the scan carries only the recurrent half.
+    the scan carries only the recurrent half. Elman, LSTM and the ``reset_after`` GRU run
+    through :func:`_hidden_product_scan`, whose backward pass computes ∂W_h after the loop as
+    one matrix product (as PyTorch does); the GRU with ``reset_after=False`` through
+    :func:`run_rnn` and plain autodiff. Both give the same values and gradients as
+    ``run_rnn(lambda c, g: hidden_update(cell, reset_after)(params, c, g), carry,
+    input_projection(params, xs), seq_length, reverse)``.
 
     Args:
       cell: ``"rnn"``, ``"lstm"`` or ``"gru"``.
@@ -216,6 +316,11 @@ def recurrent(cell: str, params, xs, seq_length, carry, reverse: bool = False, r
       ``(carry_last, hs)``: the carry after the last real step and the hidden states (T, H),
       zero at padding.
     """
-    update = hidden_update(cell, reset_after)
-    return run_rnn(lambda c, g: update(params, c, g), carry, input_projection(params, xs), seq_length, reverse)
-
+    gates_x = input_projection(params, xs)
+    core = _hidden_product_core(cell, reset_after)
+    if core is None:
+        update = hidden_update(cell, reset_after)
+        return run_rnn(lambda c, g: update(params, c, g), carry, gates_x, seq_length, reverse)
+    mask = length_mask(seq_length, gates_x.shape[0])
+    scan = _hidden_product_scan(core, lambda c: carry_output(cell, c), reverse)
+    return scan(params["w_h"], params["b_h"], carry, gates_x, mask)
