@@ -201,16 +201,16 @@ def run_rnn(step: Callable, carry, xs, seq_length, reverse: bool = False):
     """
     num_steps = jax.tree.leaves(xs)[0].shape[0]
     mask = length_mask(seq_length, num_steps)
+    return jax.lax.scan(lambda c, inputs: _masked_step(step, c, *inputs), carry, (xs, mask), reverse=reverse)
 
-    def masked_step(carry, inputs):
-        x, real = inputs
-        record("recurrent_steps", 1)
-        new_carry, y = step(carry, x)
-        new_carry = jax.tree.map(lambda n, o: jnp.where(real, n, o), new_carry, carry)
-        y = jax.tree.map(lambda a: jnp.where(real, a, jnp.zeros_like(a)), y)
-        return new_carry, y
 
-    return jax.lax.scan(masked_step, carry, (xs, mask), reverse=reverse)
+def _masked_step(step: Callable, carry, x, real):
+    """``step(carry, x)`` at a real position; at padding (``real`` False) the carry passes through
+    unchanged and the output is zero. Records one recurrent step."""
+    record("recurrent_steps", 1)
+    new_carry, y = step(carry, x)
+    new_carry = jax.tree.map(lambda n, o: jnp.where(real, n, o), new_carry, carry)
+    return new_carry, jax.tree.map(lambda a: jnp.where(real, a, jnp.zeros_like(a)), y)
 
 
 def _hidden_product_core(cell: str, reset_after: bool) -> Callable | None:
@@ -249,11 +249,9 @@ def _hidden_product_scan(core: Callable, hidden_of: Callable, reverse: bool) -> 
     """
 
     def step(w_h, b_h, carry, gates_x, real):
-        record("recurrent_steps", 1)
         hh = hidden_of(carry) @ w_h + b_h
-        new_carry, y = core(carry, gates_x, hh)
-        new_carry = jax.tree.map(lambda n, o: jnp.where(real, n, o), new_carry, carry)
-        return new_carry, jnp.where(real, y, jnp.zeros_like(y)), hh
+        new_carry, y = _masked_step(lambda c, g: core(c, g, hh), carry, gates_x, real)
+        return new_carry, y, hh
 
     def forward_saving(w_h, b_h, carry, gates_x, mask):
         def body(c, inputs):
