@@ -1,4 +1,7 @@
 """XLA options that compile the tests' small programs several times faster on CPU (same results
-up to rounding): pass as ``jax.jit(..., compiler_options=FAST_COMPILE)``."""
+up to rounding): pass as ``jax.jit(..., compiler_options=FAST_COMPILE)``. One definition, the
+benchmark's."""
 
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+from zoo.bench.measure import FAST_COMPILE
+
+__all__ = ["FAST_COMPILE"]

@@ -21,6 +21,10 @@ from dataclasses import asdict, dataclass
 import jax
 import numpy as np
 
+# XLA options that compile a program several times faster on CPU (same results up to rounding): for
+# programs run once, such as the counting runs, and the test suite's small programs.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
 
 @dataclass(frozen=True)
 class Timing:

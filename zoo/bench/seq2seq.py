@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo.bench.fit import fit_series
-from zoo.bench.measure import compile_program, memory_bytes, time_call
+from zoo.bench.measure import FAST_COMPILE, compile_program, memory_bytes, time_call
 from zoo.functional.attention import masked_softmax
 from zoo.functional.counting import count_evaluations, record
 from zoo.nn import Attention, RNNLayer
@@ -163,17 +163,13 @@ def train_step_fn(graphdef) -> Callable:
     return step
 
 
-# Counting runs a program once, so it is compiled with cheap options (same results up to rounding).
-COUNT_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
 def count(graphdef, params, src, tgt_in) -> dict:
     """Score and recurrent-step evaluations of one example's forward pass (src (m,), tgt_in (t,)),
     counted at run time: :func:`zoo.functional.counting.count_evaluations` around a program
     traced afresh inside the context, so that every scan iteration records its work."""
     model = lambda p: nnx.merge(graphdef, p)(src, tgt_in)
     with count_evaluations() as counts:
-        jax.block_until_ready(jax.jit(model, compiler_options=COUNT_COMPILE_OPTIONS)(params))
+        jax.block_until_ready(jax.jit(model, compiler_options=FAST_COMPILE)(params))  # run once: compile cheaply
     return {"scores": counts["scores"], "recurrent_steps": counts["recurrent_steps"]}
 
 
