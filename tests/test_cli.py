@@ -2,13 +2,19 @@
 
 import gzip
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import pytest
 from corpus import write_tiny_multi30k
 
 from zoo.cli import evaluate, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["--set", "embed_dim=8", "--set", "hidden_dim=8", "--set", "attention_dim=8", "--set", "maxout_dim=8",
         "--min-freq", "1", "--batch-size", "8", "--no-progress"]
@@ -175,3 +181,19 @@ def test_train_refuses_bad_schedule_and_smoothing(tmp_path, capsys, flag, value,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(message, err)
     assert not (tmp_path / "w").exists()
+
+
+def test_a_second_identical_run_compiles_nothing(tmp_path):
+    """Two fresh processes, one persistent compilation cache: the second loads every program."""
+    data = write_tiny_multi30k(tmp_path / "data")
+    env = {**os.environ, "ZOO_COMPILATION_CACHE": str(tmp_path / "cache")}
+    counts = []
+    for name in ("first", "second"):
+        args = [sys.executable, str(ROOT / "train.py"), "--workdir", str(tmp_path / name), "--data-dir", str(data),
+                "--max-steps", "2", *TINY]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        counts.append(tuple(map(int, re.search(r"XLA: (\d+) programs compiled, (\d+) from the cache", done.stdout).groups())))
+    (compiled, cached), (recompiled, loaded) = counts
+    assert compiled > 0 and cached == 0
+    assert recompiled == 0 and loaded == compiled

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from corpus import write_tiny_multi30k
@@ -18,6 +19,8 @@ from zoo.data.pipeline import TextPipeline
 from zoo.errors import ZooError
 from zoo.models import build
 from zoo.decoding import greedy
+from zoo import training
+from zoo.flops import jaxpr_flops
 from zoo.training import data_parallel, example_nll, init_state, make_optimizer, make_train_step, step_key, train
 from zoo.translator import Translator
 
@@ -61,7 +64,7 @@ def test_train_step_lowers_loss(pipeline_and_batch):
     train_step = make_train_step(graphdef, tx)
     first = None
     for step in range(30):
-        state, metrics = train_step(state, batch, step_key(jax.random.key(0), step))
+        state, metrics = train_step(state, batch, jax.random.key(0))  # the step derives its dropout key
         first = float(metrics["loss"]) if first is None else first
     assert int(state["step"]) == 30
     assert first > 2.5  # about log(vocabulary size) at initialisation
@@ -87,12 +90,13 @@ def test_four_devices_give_single_device_numbers(pipeline_and_batch):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-def test_interrupted_then_resumed_run_reproduces_losses(tmp_path, data_dir):
+@pytest.mark.parametrize("batching", [{}, {"batch_tokens": 80, "log_every": 3}], ids=["sentences", "tokens"])
+def test_interrupted_then_resumed_run_reproduces_losses(tmp_path, data_dir, batching):
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
-    train(tiny_config(max_steps=8), uninterrupted, data_dir, progress=False)  # 6 steps an epoch: crosses one
-    train(tiny_config(max_steps=5), interrupted, data_dir, progress=False)
+    train(tiny_config(max_steps=8, **batching), uninterrupted, data_dir, progress=False)  # 6 steps an epoch: crosses one
+    train(tiny_config(max_steps=5, **batching), interrupted, data_dir, progress=False)
     shutil.rmtree(interrupted / "checkpoints" / "5")  # the run "died" after the checkpoint at step 4
-    result = train(tiny_config(max_steps=8), interrupted, data_dir, progress=False)
+    result = train(tiny_config(max_steps=8, **batching), interrupted, data_dir, progress=False)
     assert result["step"] == 8
     expected, got = losses(uninterrupted), losses(interrupted)
     assert [s for s, _ in got[0]] == list(range(1, 9))
@@ -191,3 +195,45 @@ def test_save_load_models_with_layer_lists(name, pipeline_and_batch, tmp_path):
     assert any("layers" in jax.tree_util.keystr(p) for p, _ in flat)
     for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_loop_reads_the_device_once_per_log_interval(tmp_path, data_dir, monitoring_reads):
+    """8 steps, log_every=4, an epoch of 6 steps: reads after steps 4, 6 (epoch end) and 8, and none
+    implicit (the transfer guard would raise on a float() of a device array)."""
+    with jax.transfer_guard_device_to_host("disallow"):
+        result = train(tiny_config(max_steps=8, log_every=4, checkpoint_every=100), tmp_path, data_dir, progress=False)
+    assert result["step"] == 8
+    assert [len(pending) for pending in monitoring_reads] == [4, 2, 2]
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    intervals = [r for r in records if r.get("event") == "interval"]
+    assert [(r["step"], r["steps"]) for r in intervals] == [(4, 4), (6, 2), (8, 2)]
+    for r in intervals:
+        assert r["tokens_per_s"] > 0 and r["step_time_s"] > 0 and 0 < r["mfu"] and r["flops_per_s"] > 0
+    start = records[0]
+    assert start["event"] == "start" and start["steps_per_epoch"] == 6 and 0 < start["real_token_share"] <= 1
+
+
+@pytest.fixture
+def monitoring_reads(monkeypatch):
+    """Every call of the loop's one device-to-host read, with what it read."""
+    reads = []
+    real = training.read_metrics
+
+    def counted(pending):
+        reads.append(pending)
+        return real(pending)
+
+    monkeypatch.setattr(training, "read_metrics", counted)
+    return reads
+
+
+def test_step_flops_count_matrix_products_and_scan_iterations():
+    def f(x, w):
+        def body(h, _):
+            return jnp.tanh(h @ w), None  # 2·4·8·8 FLOPs an iteration
+        return jax.lax.scan(body, x, None, length=5)[0] @ w.T  # + 2·4·8·8
+
+    jaxpr = jax.make_jaxpr(f)(jnp.ones((4, 8)), jnp.ones((8, 8)))
+    assert jaxpr_flops(jaxpr) == 6 * 2 * 4 * 8 * 8
+    conv = jax.make_jaxpr(lambda x, k: jax.lax.conv_general_dilated(x, k, (1,), "SAME"))(jnp.ones((2, 3, 10)), jnp.ones((5, 3, 4)))
+    assert jaxpr_flops(conv) == 2 * (2 * 5 * 10) * (3 * 4)  # outputs × (C_in · k)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +136,19 @@ MODEL_CONFIGS = {"bahdanau": BahdanauConfig, "cho": ChoConfig, "convs2s": ConvS2
                  "sutskever": SutskeverConfig, "transformer": TransformerConfig}
 
 
+def check_field(obj, name: str, ok: bool, requirement: str) -> None:
+    """Raise ``ValueError("<Class>.<name>=<value>: <requirement>")`` unless ``ok``: the one message
+    that the command line, the Python API and a ``config.json`` read from disk all give."""
+    if not ok:
+        raise ValueError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r}: {requirement}")
+
+
+def _at_least(obj, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        check_field(obj, name, isinstance(value, int) and value >= minimum, f"must be at least {minimum} (an integer)")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "multi30k"
@@ -142,21 +156,39 @@ class DataConfig:
     tgt_lang: str = "en"
     lowercase: bool = True
     min_freq: int = 2
-    length_multiple: int = 8  # pad batch lengths up to a multiple of this (fewer recompilations)
+    length_multiple: int = 8  # pad sentence batches up to a multiple of this (fewer recompilations)
+
+    def __post_init__(self):
+        _at_least(self, 1, "min_freq", "length_multiple")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 128  # sentences a batch (when batch_tokens is None)
+    batch_tokens: int | None = None  # a token budget a batch instead: rows × padded length ≤ this (zoo.data.batching)
     learning_rate: float = 1e-3
     clip_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100  # steps between resumable checkpoints
+    log_every: int = 50  # steps between reads of the metrics from the device (and log lines)
     max_steps: int | None = None  # stop early (tests, smoke runs)
     teacher_forcing: float = 1.0  # probability that a decoder step reads the reference token
     label_smoothing: float = 0.0  # ε of Szegedy et al. (2016), as in Vaswani et al. (2017) section 5.4
     warmup_steps: int = 0  # >0: linear warmup to learning_rate, then ∝ 1/√step (Vaswani et al. eq. 3)
+
+    def __post_init__(self):
+        _at_least(self, 1, "epochs", "batch_size", "checkpoint_every", "log_every")
+        _at_least(self, 0, "seed", "warmup_steps")
+        for name in ("batch_tokens", "max_steps"):
+            if getattr(self, name) is not None:
+                _at_least(self, 1, name)
+        for name in ("learning_rate", "clip_norm"):
+            value = getattr(self, name)
+            check_field(self, name, isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                        "must be a finite number > 0")
+        check_field(self, "teacher_forcing", 0.0 <= self.teacher_forcing <= 1.0, "must be in [0, 1]")
+        check_field(self, "label_smoothing", 0.0 <= self.label_smoothing < 1.0, "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

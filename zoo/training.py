@@ -4,12 +4,23 @@ The step is one pure function ``train_step(state, batch, key) -> (state, metrics
 once per batch shape with ``jax.jit(..., donate_argnums=0)``. The model works on one example;
 the per-example loss is ``jax.vmap``-ped over the batch. A batch sharded over a ``"data"``
 mesh axis (see :func:`data_parallel`) runs data-parallel with the same numbers.
+
+The loop never waits on the device between steps: the dropout key of step s is derived inside
+the compiled step from the step counter, batches are collated and placed on the devices ahead
+by the loader (:mod:`zoo.data.loader`), and the metrics stay on the device until they are read,
+all at once, every ``log_every`` steps (and before a checkpoint, at the end of an epoch and on
+stopping). SIGTERM and SIGINT stop the loop after the current step with a resumable
+checkpoint at that step; a non-finite loss or gradient norm stops it before anything is saved.
 """
 
 import dataclasses
 import json
 import math
+import os
+import signal
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -21,12 +32,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from zoo.checkpoint import CheckpointStore, write_or_check_config
+from zoo.compilation import CompileCounter
 from zoo.config import Config, TrainConfig
-from zoo.data.batching import batch_order, collate
+from zoo.data.batching import BatchSpec, batch_order, collate, token_batches
 from zoo.data.corpora import load_split
+from zoo.data.loader import device_batches, real_token_share
 from zoo.data.pipeline import TextPipeline
 from zoo.decoding import decode
 from zoo.errors import ZooError
+from zoo.flops import jaxpr_flops, peak_flops
 from zoo.functional.masks import length_mask
 from zoo.models import build
 
@@ -110,6 +124,8 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation):
 def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing: float = 0.0):
     """The compiled ``train_step(state, batch, key) -> (state, metrics)``; ``state`` is donated.
 
+    ``key`` is the run's PRNG key; the step's dropout key is ``fold_in(key, state["step"])``
+    (:func:`step_key`), derived on the device, so the same key serves every step.
     The loss is the mean token-level cross-entropy over the batch's real target tokens (against
     targets smoothed by ``label_smoothing``).
     Metrics: ``loss``, ``tokens`` (real target tokens), ``grad_norm`` (before clipping).
@@ -117,7 +133,7 @@ def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing:
 
     def train_step(state, batch, key):
         def loss_fn(params):
-            nll, n = batch_nll(graphdef, params, batch, key, teacher_forcing, label_smoothing)
+            nll, n = batch_nll(graphdef, params, batch, step_key(key, state["step"]), teacher_forcing, label_smoothing)
             return nll / jnp.maximum(n, 1), n
 
         (loss, n), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -140,51 +156,182 @@ def data_parallel():
     return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
 
-def step_key(key, step: int):
+def step_key(key, step):
     """The dropout key of a global step, fold_in(key, step): resuming with the saved key replays it."""
     return jax.random.fold_in(key, step)
 
 
-def dataset_nll(eval_nll, params, src_ids, tgt_ids, batch_size: int, length_multiple: int) -> float:
-    """Token-level mean NLL (nats) of a dataset, teacher-forced."""
+def dataset_nll(eval_nll, params, src_ids, tgt_ids, batch_size: int, length_multiple: int, sharding=None) -> float:
+    """Token-level mean NLL (nats) of a dataset, teacher-forced; the sums stay on the device
+    until the end (one read). ``sharding``: where batches go (default: JAX's default device)."""
     order = np.argsort([len(s) for s in src_ids], kind="stable")
-    total, count = 0.0, 0
+    total, count = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
     for start in range(0, len(order), batch_size):
         batch = collate(src_ids, tgt_ids, order[start : start + batch_size], batch_size, length_multiple)
-        nll, n = eval_nll(params, batch)
-        total, count = total + float(nll), count + int(n)
-    return total / max(count, 1)
+        nll, n = eval_nll(params, batch if sharding is None else jax.device_put(batch, sharding))
+        total, count = total + nll, count + n
+    total, count = jax.device_get((total, count))
+    return float(total) / max(float(count), 1.0)
+
+
+def perplexity(nll: float) -> float:
+    """exp(nll), ``inf`` where that overflows."""
+    return math.exp(nll) if nll < 700 else math.inf
+
+
+def read_metrics(pending):
+    """The one device-to-host read of the loop: every pending step's metrics at once."""
+    return jax.device_get(pending)
 
 
 class MetricsLog:
-    """Appends JSON lines to ``metrics.jsonl``; on resume drops training lines past the checkpoint."""
+    """``metrics.jsonl``: per step ``step, epoch, loss, grad_norm, tokens``; per logged interval
+    ``event="interval"`` with target tokens/s, step time, achieved FLOP/s and MFU; validations
+    and run events. Step metrics wait on the device (:meth:`add`) until :meth:`flush`.
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
+    On resume, lines past the checkpoint's step are dropped; a last line cut short by a crash
+    is dropped too.
+
+    Raises:
+      ZooError: a damaged line before the last (naming the file and line).
+    """
+
+    def __init__(self, path: Path, resume_step: int, bar, peak: float):
+        self.path, self.bar, self.peak = path, bar, peak
         if path.exists():
-            kept = [l for l in path.read_text().splitlines() if json.loads(l).get("step", 0) <= resume_step]
-            path.write_text("".join(l + "\n" for l in kept))
+            path.write_text("".join(l + "\n" for l in self._kept_lines(resume_step)))
         self.file = path.open("a")
+        self.pending, self.interval_flops, self.clock = [], 0.0, time.perf_counter()
+
+    def _kept_lines(self, resume_step: int) -> list[str]:
+        lines = self.path.read_text().splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    break  # the write of the last line was cut short
+                raise ZooError(f"{self.path}, line {number}: not JSON; fix or remove that line") from None
+            if record.get("step", 0) <= resume_step:
+                kept.append(line)
+        return kept
 
     def write(self, **record) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
+    def add(self, step: int, epoch: int, metrics: dict, flops: float) -> None:
+        """Keep a step's metrics (device arrays, not read) and its FLOPs."""
+        self.pending.append((step, epoch, metrics))
+        self.interval_flops += flops
+
+    def restart_clock(self) -> None:
+        """Start the next interval's clock now (after a save or a validation, which are not steps)."""
+        self.clock = time.perf_counter()
+
+    def flush(self) -> None:
+        """Read the pending metrics (one transfer), write them and the interval's throughput.
+
+        Raises:
+          ZooError: a non-finite loss or gradient norm, naming the first such step.
+        """
+        if not self.pending:
+            return
+        values = read_metrics([m for _, _, m in self.pending])
+        seconds = time.perf_counter() - self.clock
+        tokens = 0.0
+        for (step, epoch, _), m in zip(self.pending, values):
+            for name in ("loss", "grad_norm"):
+                if not math.isfinite(m[name]):
+                    raise ZooError(f"step {step}: {name} is {float(m[name])}; stopping without saving (lower "
+                                   f"--learning-rate or --clip-norm; the last checkpoint is kept)")
+            tokens += float(m["tokens"])
+            self.write(step=step, epoch=epoch, loss=float(m["loss"]), grad_norm=float(m["grad_norm"]), tokens=int(m["tokens"]))
+        steps, last = len(self.pending), values[-1]
+        interval = {"step": self.pending[-1][0], "steps": steps, "tokens_per_s": tokens / seconds,
+                    "step_time_s": seconds / steps, "flops_per_s": self.interval_flops / seconds,
+                    "mfu": self.interval_flops / seconds / self.peak}
+        self.write(event="interval", **interval)
+        self.bar.update(steps)
+        self.bar.set_postfix(loss=f"{float(last['loss']):.3f}", tok_s=f"{interval['tokens_per_s']:.0f}",
+                             mfu=f"{interval['mfu']:.1%}")
+        self.pending, self.interval_flops = [], 0.0
+        self.restart_clock()
+
     def close(self) -> None:
         self.file.close()
 
 
-def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict:
-    """Train ``config`` on its dataset, checkpointing into ``workdir`` and resuming from it.
+class StopSignal:
+    """Inside ``with StopSignal() as stop:``, SIGTERM and SIGINT set ``stop.signal`` (the
+    signal's name) instead of ending the process, so the loop can finish its step and save; a
+    second signal exits at once with ``128 + signum`` (what was committed stays intact:
+    Orbax commits a step by renaming a finished folder). Outside the main thread: no-op."""
 
-    Returns:
-      the final record: ``step``, ``epoch``, ``val_loss``, ``best_val_loss``, ``wall_s``.
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal, self._previous = None, {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            os._exit(128 + signum)
+        self.signal = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+@dataclass
+class Position:
+    """Where a run is: global step, epoch, batch within the epoch's plan, best validation loss."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    best_val_loss: float = math.inf
+
+
+@dataclass
+class Run:
+    """What a run's loop needs, fixed for the run (made by :func:`prepare`)."""
+
+    config: Config
+    workdir: Path
+    train_ids: tuple[list, list]
+    val_ids: tuple[list, list]
+    model: nnx.Module
+
+    def plan(self, epoch: int) -> list[BatchSpec]:
+        """The epoch's batches: token-budget batches if ``batch_tokens`` is set, else sentence batches."""
+        t = self.config.train
+        src_lengths = [len(s) for s in self.train_ids[0]]
+        if t.batch_tokens is not None:
+            return token_batches(src_lengths, [len(s) for s in self.train_ids[1]], t.batch_tokens, t.seed, epoch,
+                                 row_multiple=math.lcm(8, jax.device_count()))
+        return batch_order(src_lengths, t.batch_size, t.seed, epoch)
+
+
+def prepare(config: Config, workdir, data_dir=None) -> Run:
+    """Read the data, make or load the vocabularies, build the model and check or write the
+    workdir's config and vocabularies.
 
     Raises:
-      ZooError: bad data files, a model config the model refuses, or a workdir made with another config.
+      ZooError: bad data files, a model config the model refuses, a batch that does not split
+        over the devices, or a workdir made with another config.
     """
     workdir = Path(workdir).absolute()
     d, t = config.data, config.train
+    if t.batch_tokens is None and t.batch_size % jax.device_count():
+        raise ZooError(f"--batch-size {t.batch_size} does not split over {jax.device_count()} devices; "
+                       f"use a multiple of {jax.device_count()}")
     train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
     val_src, val_tgt = load_split(d.dataset, "val", d.src_lang, d.tgt_lang, data_dir)
     has_vocab = (workdir / TextPipeline.FILES[0]).exists()  # a workdir that was started before
@@ -195,65 +342,135 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
         model = build(config.model_name, config.model, seed=t.seed)
     except ValueError as e:
         raise ZooError(f"model {config.model_name!r}: {e}") from None
+    run = Run(config, workdir, (pipeline.encode_source(train_src), pipeline.encode_target(train_tgt)),
+              (pipeline.encode_source(val_src), pipeline.encode_target(val_tgt)), model)
+    if t.batch_tokens is not None:
+        try:
+            run.plan(0)
+        except ValueError as e:
+            raise ZooError(f"--batch-tokens: {e}") from None
     write_or_check_config(workdir, config)
     if not has_vocab:
         pipeline.save(workdir)
-    train_ids = pipeline.encode_source(train_src), pipeline.encode_target(train_tgt)
-    val_ids = pipeline.encode_source(val_src), pipeline.encode_target(val_tgt)
+    return run
 
-    tx = make_optimizer(t)
-    graphdef, state = init_state(model, tx)
-    store = CheckpointStore(workdir)
-    epoch, batch_index, best_val, key = 0, 0, math.inf, jax.random.key(t.seed)
-    if store.latest_step() is not None:
-        state, meta = store.restore(state)
-        epoch, batch_index, best_val = meta["epoch"], meta["batch"], meta["best_val_loss"]
-        key = jax.random.wrap_key_data(np.asarray(meta["rng_key"], np.uint32))
 
-    def position(epoch: int, batch: int) -> dict:
-        """The checkpoint's JSON part: data position, best validation loss so far, PRNG key."""
-        return {"epoch": epoch, "batch": batch, "best_val_loss": best_val, "rng_key": jax.random.key_data(key).tolist()}
+class Trainer:
+    """The loop of one run: state, position, and the pieces that act on them."""
 
-    batch_sharding, replicated = data_parallel()
-    state = jax.device_put(state, replicated)
-    train_step, eval_nll = make_train_step(graphdef, tx, t.teacher_forcing, t.label_smoothing), make_eval_nll(graphdef)
-    step = int(state["step"])
-    log = MetricsLog(workdir / "metrics.jsonl", step)
-    num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    if step == 0:
-        log.write(event="start", step=0, num_params=int(num_params), devices=str(jax.devices()))
+    def __init__(self, run: Run, progress: bool):
+        self.run, t = run, run.config.train
+        self.tx = make_optimizer(t)
+        self.graphdef, state = init_state(run.model, self.tx)
+        self.store = CheckpointStore(run.workdir)
+        self.pos, key = Position(), jax.random.key(t.seed)
+        if self.store.latest_step() is not None:
+            state, meta = self.store.restore(state)
+            self.pos = Position(int(state["step"]), meta["epoch"], meta["batch"], meta["best_val_loss"])
+            key = jax.random.wrap_key_data(np.asarray(meta["rng_key"], np.uint32))
+        self.batch_sharding, replicated = data_parallel()
+        self.state, self.key = jax.device_put(state, replicated), jax.device_put(key, replicated)
+        self.train_step = make_train_step(self.graphdef, self.tx, t.teacher_forcing, t.label_smoothing)
+        self.eval_nll = make_eval_nll(self.graphdef)
+        self.steps_per_epoch = len(run.plan(0))
+        self.total_steps = min(t.epochs * self.steps_per_epoch, t.max_steps or math.inf)
+        self.bar = tqdm(total=self.total_steps, initial=self.pos.step, disable=not progress, unit="step", dynamic_ncols=True)
+        self.log = MetricsLog(run.workdir / "metrics.jsonl", self.pos.step, self.bar, peak_flops(jax.devices()[0], getattr(run.config.model, "dtype", "float32")))
+        self.flops_by_shape: dict = {}
+        if self.pos.step == 0:
+            self.log.write(event="start", step=0, num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
+                           devices=str(jax.devices()), steps_per_epoch=self.steps_per_epoch,
+                           real_token_share=real_token_share(run.plan(0), run.train_ids[1], run.config.data.length_multiple))
+
+    def save(self, val_loss: float | None = None) -> None:
+        """A resumable checkpoint at the current position (after reading the pending metrics)."""
+        self.log.flush()
+        p = self.pos
+        meta = {"epoch": p.epoch, "batch": p.batch, "best_val_loss": p.best_val_loss,
+                "rng_key": jax.random.key_data(self.key).tolist()}
+        self.store.save(p.step, self.state, meta, val_loss=val_loss)
+        self.log.restart_clock()
+
+    def step_flops(self, batch: dict) -> float:
+        """Matrix-product FLOPs of one training step on a batch of this shape (:func:`zoo.flops.jaxpr_flops`)."""
+        shape = batch["src"].shape + batch["tgt_in"].shape
+        if shape not in self.flops_by_shape:
+            self.flops_by_shape[shape] = jaxpr_flops(self.train_step.trace(self.state, batch, self.key).jaxpr)
+        return self.flops_by_shape[shape]
+
+    def run_epoch(self, stop: StopSignal) -> bool:
+        """Train from the current position to the end of the epoch; False if stopped before it
+        (``max_steps`` or a signal)."""
+        t, p = self.run.config.train, self.pos
+        plan = self.run.plan(p.epoch)
+        batches = device_batches(self.run.train_ids, plan, p.batch, self.batch_sharding, self.run.config.data.length_multiple)
+        try:
+            while p.batch < len(plan):
+                if p.step >= self.total_steps or stop.signal:
+                    return False
+                batch = next(batches)
+                flops = self.step_flops(batch)
+                self.state, metrics = self.train_step(self.state, batch, self.key)
+                p.step, p.batch = p.step + 1, p.batch + 1
+                self.log.add(p.step, p.epoch, metrics, flops)
+                if p.step % t.checkpoint_every == 0 and p.batch < len(plan):  # else saved after validation
+                    self.save()
+                elif p.step % t.log_every == 0:
+                    self.log.flush()
+        finally:
+            batches.close()
+        return True
+
+    def validate_and_save(self) -> float:
+        """End of an epoch: validation loss, then a checkpoint at the next epoch's start (offered to ``best/``)."""
+        self.log.flush()
+        t, d, p = self.run.config.train, self.run.config.data, self.pos
+        val_loss = dataset_nll(self.eval_nll, self.state["params"], *self.run.val_ids, t.batch_size, d.length_multiple,
+                               self.batch_sharding)
+        p.epoch, p.batch = p.epoch + 1, 0
+        if math.isfinite(val_loss):
+            p.best_val_loss = min(p.best_val_loss, val_loss)
+        self.log.write(event="validation", step=p.step, epoch=p.epoch, val_loss=val_loss, val_ppl=perplexity(val_loss))
+        self.bar.write(f"epoch {p.epoch}: val loss {val_loss:.4f} (ppl {perplexity(val_loss):.2f})")
+        self.save(val_loss=val_loss)
+        return val_loss
+
+    def close(self) -> None:
+        self.bar.close()
+        self.store.close()
+        self.log.close()
+
+
+def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict:
+    """Train ``config`` on its dataset, checkpointing into ``workdir`` and resuming from it.
+
+    SIGTERM or SIGINT during training: the current step finishes, a resumable checkpoint is saved
+    at it (waiting for the save to commit), and ``train`` returns with ``stopped_by`` set.
+
+    Returns:
+      the final record: ``step``, ``epoch``, ``val_loss``, ``best_val_loss``, ``wall_s``,
+      ``stopped_by`` (None, "SIGTERM" or "SIGINT"), ``programs``/``compiled``/``cached``
+      (XLA programs handed to the backend, compiled, loaded from the persistent cache).
+
+    Raises:
+      ZooError: bad data files, a model config the model refuses, a workdir made with another
+        config, or a non-finite loss or gradient norm (nothing is saved then).
+    """
     start, val_loss = time.time(), None
-    steps_per_epoch = -(-len(train_ids[0]) // t.batch_size)
-    total_steps = min(t.epochs * steps_per_epoch, t.max_steps or math.inf)
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
-    try:
-        while epoch < t.epochs and step < total_steps:
-            batches = batch_order([len(s) for s in train_ids[0]], t.batch_size, t.seed, epoch)
-            while batch_index < len(batches) and step < total_steps:
-                tic = time.time()
-                batch = collate(*train_ids, batches[batch_index], t.batch_size, d.length_multiple)
-                state, metrics = train_step(state, jax.device_put(batch, batch_sharding), step_key(key, step))
-                loss, tokens = float(metrics["loss"]), int(metrics["tokens"])
-                step, batch_index = step + 1, batch_index + 1
-                tokens_per_s = tokens / (time.time() - tic)
-                log.write(step=step, epoch=epoch, loss=loss, grad_norm=float(metrics["grad_norm"]), tokens_per_s=tokens_per_s)
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
-                if step % t.checkpoint_every == 0 and batch_index < len(batches):  # else saved below
-                    store.save(step, state, position(epoch, batch_index))
-            if batch_index < len(batches):
-                break  # max_steps reached inside the epoch
-            epoch, batch_index = epoch + 1, 0
-            val_loss = dataset_nll(eval_nll, state["params"], *val_ids, t.batch_size, d.length_multiple)
-            best_val = min(best_val, val_loss)
-            log.write(event="validation", step=step, epoch=epoch, val_loss=val_loss, val_ppl=math.exp(val_loss))
-            bar.write(f"epoch {epoch}: val loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})")
-            store.save(step, state, position(epoch, 0), val_loss=val_loss)
-        if store.latest_step() != step:
-            store.save(step, state, position(epoch, batch_index))
-    finally:
-        bar.close()
-        store.close()
-        log.close()
-    return {"step": step, "epoch": epoch, "val_loss": val_loss, "best_val_loss": best_val, "wall_s": time.time() - start}
-
+    with CompileCounter() as compiles, StopSignal() as stop:
+        trainer = Trainer(prepare(config, workdir, data_dir), progress)
+        t, p = config.train, trainer.pos
+        try:
+            while p.epoch < t.epochs and p.step < trainer.total_steps and not stop.signal:
+                if not trainer.run_epoch(stop):
+                    break
+                val_loss = trainer.validate_and_save()
+            if trainer.store.latest_step() != p.step:
+                trainer.save()
+            if stop.signal:
+                trainer.bar.write(f"saved step {p.step}, stopping on {stop.signal}")
+        finally:
+            trainer.close()
+    return {"step": p.step, "epoch": p.epoch, "val_loss": val_loss, "best_val_loss": p.best_val_loss,
+            "wall_s": time.time() - start, "stopped_by": stop.signal, "programs": compiles.programs,
+            "compiled": compiles.compiled, "cached": compiles.cached}

@@ -62,22 +62,3 @@ def loop_corrected(flops: float, body_flops: float, trips: int) -> float:
         compiled on its own. trips: the loop's trip count.
     """
     return flops + (trips - 1) * body_flops
-
-
-# Dense (no sparsity) bfloat16 tensor-core peaks from the vendors' data sheets, FLOP/s, matched
-# against ``jax.Device.device_kind`` in this order (the first substring found wins).
-DENSE_BF16_PEAK = (
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),  # SXM
-    ("A100", 312e12),
-)
-
-
-def dense_bf16_peak(device_kind: str) -> float | None:
-    """The chip's dense bfloat16 peak in FLOP/s (:data:`DENSE_BF16_PEAK`), or None if unknown."""
-    for name, peak in DENSE_BF16_PEAK:
-        if name in device_kind:
-            return peak
-    return None

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from zoo.bench import flops
 from zoo.bench.fit import fit_series
 from zoo.bench.measure import compile_program, memory_bytes, time_call, xla_flops
+from zoo.flops import dense_bf16_peak
 from zoo.functional import attention, cells
 from zoo.functional.convolution import conv1d
 
@@ -214,7 +215,7 @@ def run(sizes: LayerSizes, dtype, device, repeats: int, warmup: int, kinds=KINDS
       dict: ``sizes``, ``implementation`` (of the fused attention), ``measurements`` and ``fits``.
     """
     implementation = fused_implementation(device, dtype)
-    peak = flops.dense_bf16_peak(device.device_kind) if jnp.dtype(dtype) == jnp.bfloat16 else None
+    peak = dense_bf16_peak(device.device_kind) if jnp.dtype(dtype) == jnp.bfloat16 else None
     measurements = []
     for kind in kinds:
         for n, d in points(sizes):

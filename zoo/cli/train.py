@@ -4,6 +4,7 @@ Running it again on the same workdir resumes from the latest checkpoint.
 """
 
 import argparse
+import signal
 import sys
 
 from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig, replace_fields
@@ -20,6 +21,9 @@ def parse_args(argv=None):
     p.add_argument("--tgt-lang", default="en")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="batches of a token budget instead: rows × padded length ≤ this (e.g. 4096)")
+    p.add_argument("--log-every", type=int, default=TrainConfig.log_every, help="steps between metric reads and log lines")
     p.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     p.add_argument("--clip-norm", type=float, default=TrainConfig.clip_norm)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
@@ -36,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a model config field, e.g. --set hidden_dim=512 (repeatable)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--compilation-cache", default=None, metavar="DIR",
+                   help="JAX's persistent compilation cache (default: $ZOO_COMPILATION_CACHE, else ~/.cache/zoo/jax; off: none)")
     return p.parse_args(argv)
 
 
@@ -66,28 +72,31 @@ def model_overrides(pairs: list[str], model_config) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        if not 0.0 <= args.teacher_forcing <= 1.0:
-            raise ZooError(f"--teacher-forcing {args.teacher_forcing}: must be in [0, 1]")
-        if not 0.0 <= args.label_smoothing < 1.0:
-            raise ZooError(f"--label-smoothing {args.label_smoothing}: must be in [0, 1)")
-        if args.warmup_steps < 0:
-            raise ZooError(f"--warmup-steps {args.warmup_steps}: must be at least 0")
         model_config = MODEL_CONFIGS[args.model]()
-        config = Config(
-            model_name=args.model,
-            model=replace_fields(model_config, model_overrides(args.set, model_config)),
-            data=DataConfig(args.dataset, args.src_lang, args.tgt_lang, not args.no_lowercase, args.min_freq),
-            train=TrainConfig(args.epochs, args.batch_size, args.learning_rate, args.clip_norm, args.seed,
-                              args.checkpoint_every, args.max_steps, args.teacher_forcing, args.label_smoothing,
-                              args.warmup_steps),
-        )
+        try:
+            config = Config(
+                model_name=args.model,
+                model=replace_fields(model_config, model_overrides(args.set, model_config)),
+                data=DataConfig(args.dataset, args.src_lang, args.tgt_lang, not args.no_lowercase, args.min_freq),
+                train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
+                                  learning_rate=args.learning_rate, clip_norm=args.clip_norm, seed=args.seed,
+                                  checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                                  max_steps=args.max_steps, teacher_forcing=args.teacher_forcing,
+                                  label_smoothing=args.label_smoothing, warmup_steps=args.warmup_steps),
+            )
+        except ValueError as e:
+            raise ZooError(str(e)) from None
+        from zoo.compilation import default_cache_dir, enable_compilation_cache
         from zoo.training import train
 
+        cache = args.compilation_cache
+        enable_compilation_cache(default_cache_dir() if cache is None else None if cache == "off" else cache)
         result = train(config, args.workdir, args.data_dir, progress=not args.no_progress)
     except ZooError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     print(f"trained to step {result['step']} (epoch {result['epoch']}); best val loss {result['best_val_loss']:.4f}; "
-          f"{result['wall_s']:.0f} s; workdir {args.workdir}")
-    return 0
+          f"{result['wall_s']:.0f} s; XLA: {result['compiled']} programs compiled, {result['cached']} from the cache; "
+          f"workdir {args.workdir}")
+    return 128 + signal.Signals[result["stopped_by"]] if result["stopped_by"] else 0
 

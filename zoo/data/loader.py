@@ -1,0 +1,74 @@
+"""The training loader: a plan of batches -> padded NumPy batches -> arrays on the devices, ahead of the step.
+
+Built on Grain (``grain`` on PyPI): a ``MapDataset`` over the epoch's :class:`~zoo.data.batching.BatchSpec`
+plan collates batches on a background thread, a second prefetch stage places them on the devices,
+so that while the device runs step s the host has already placed batches s+1 and s+2. The data
+position of a run is (epoch, index into the plan): :func:`device_batches` starts at any index,
+which is how a resumed run reads exactly the batches an uninterrupted one would.
+
+Every process reads only its own rows of each global batch (rows split evenly over
+``jax.process_count()`` processes in process order) and the global array is assembled with
+``jax.make_array_from_process_local_data``; with one process that is the whole batch.
+"""
+
+from collections.abc import Iterator
+from functools import partial
+
+import grain
+import jax
+from grain.experimental import ThreadPrefetchIterDataset
+
+from zoo.data.batching import BatchSpec, collate, round_up
+
+HOST_BUFFER = 4  # collated batches kept ready on the host
+DEVICE_BUFFER = 2  # batches already placed on the devices
+
+
+def process_rows(spec: BatchSpec, process_index: int, process_count: int) -> BatchSpec:
+    """The part of a global batch that one process reads: rows [p·B/P, (p+1)·B/P).
+
+    Raises:
+      ValueError: the batch's rows do not split evenly over the processes.
+    """
+    if spec.rows % process_count:
+        raise ValueError(f"a batch of {spec.rows} rows does not split over {process_count} processes")
+    rows = spec.rows // process_count
+    return BatchSpec(spec.indices[process_index * rows : (process_index + 1) * rows], rows, spec.length)
+
+
+def _collate(ids, length_multiple: int, spec: BatchSpec) -> dict:
+    local = process_rows(spec, jax.process_index(), jax.process_count())
+    return collate(*ids, local.indices, local.rows, length_multiple, spec.length)
+
+
+def _place(sharding, batch: dict) -> dict:
+    return jax.tree.map(partial(jax.make_array_from_process_local_data, sharding), batch)
+
+
+def device_batches(ids: tuple[list, list], plan: list[BatchSpec], start: int, sharding, length_multiple: int) -> Iterator[dict]:
+    """Batches ``plan[start:]`` as global ``jax.Array`` s with ``sharding``, prefetched (see the module docstring).
+
+    Args:
+      ids: (source ids, target ids), one list of token ids per sentence.
+      plan: the epoch's batches. start: the first batch to read.
+      sharding: where a batch goes, e.g. ``NamedSharding(mesh, P("data"))``.
+      length_multiple: padding multiple of sentence batches (``spec.length`` None).
+
+    Returns:
+      an iterator over dicts of arrays (:func:`zoo.data.batching.collate`'s keys); call its
+      ``close()`` when stopping early, which stops the prefetch threads.
+    """
+    ds = grain.MapDataset.source(plan[start:]).map(partial(_collate, ids, length_multiple))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=HOST_BUFFER))
+    ds = ThreadPrefetchIterDataset(ds.map(partial(_place, sharding)), prefetch_buffer_size=DEVICE_BUFFER)
+    return iter(ds)
+
+
+def real_token_share(plan: list[BatchSpec], tgt_ids, length_multiple: int) -> float:
+    """Real target tokens (y_1..y_n, <eos>) over the padded target positions of a plan."""
+    real = padded = 0
+    for spec in plan:
+        lengths = [len(tgt_ids[i]) + 1 for i in spec.indices]
+        real += sum(lengths)
+        padded += spec.rows * (spec.length or round_up(max(lengths), length_multiple))
+    return real / padded
