@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from compile_options import FAST_COMPILE
 
-from zoo.bench import cli, flops, layers, runner, seq2seq
+from zoo.bench import cli, flops, layers, runner, seq2seq, throughput
 from zoo.bench.fit import fit_exponent, fit_series
 from zoo.bench.measure import compile_program, memory_bytes, time_call, xla_flops
 from zoo.flops import dense_bf16_peak
@@ -234,3 +234,26 @@ def test_peer_torch_missing_is_one_line(tmp_path, monkeypatch, capsys):
     assert cli.main(["layers", "--peer", "torch", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "needs PyTorch" in err and "\n" not in err
+
+
+@pytest.mark.usefixtures("standard_dtype_promotion")
+def test_train_study_quick_writes_every_field(tmp_path, monkeypatch):
+    """``benchmark.py train --quick`` on the synthetic corpus (no Multi30k under --data-dir), with
+    fewer timed steps than the preset's."""
+    monkeypatch.setattr(throughput, "QUICK", replace(throughput.QUICK, loop_steps=2, small_loop_steps=3, min_seconds=0.0))
+    out = tmp_path / "out"
+    assert cli.main(["train", "--quick", "--models", "transformer", "--data-dir", str(tmp_path / "none"), "--out", str(out)]) == 0
+    results = json.loads((out / "train.json").read_text())
+    assert results["corpus"]["source"] == "synthetic" and results["setting"]["peak_flops"] > 0
+    assert [r["model"] for r in results["rows"]] == ["transformer", "transformer"]  # the study's model, the small one
+    for row in results["rows"]:
+        for field in ("loop_tokens_per_s", "step_tokens_per_s", "host_overhead", "step_ms", "compile_s",
+                      "peak_memory_bytes", "flops_per_token", "xla_flops_per_token", "flops_per_s", "mfu", "num_params"):
+            assert row[field] is not None, field
+        assert row["loop_tokens_per_s"] > 0 and row["step_tokens_per_s"] > 0 and row["mfu"] > 0
+        assert row["batch_shape"][1] == throughput.BUCKET
+        # the jaxpr count includes every scan iteration; XLA's counts a scan body once, so it can only be lower
+        assert row["flops_per_token"] > 0 and row["xla_flops_per_token"] > 0
+    assert {t["name"].split(",")[0] for t in results["targets"]} >= {"host overhead"}
+    assert (out / "train.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "loop tok/s" in (out / "train_table.txt").read_text()

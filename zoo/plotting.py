@@ -159,3 +159,25 @@ def write_scaling_plots(results: dict, out: Path) -> list[Path]:
         paths.append(out / "layers.png")
         layers_plot(results, paths[-1])
     return paths
+
+
+def throughput_plot(results: dict, path: Path) -> None:
+    """Bar chart of the training-throughput study: target tokens/s of the loop, the back-to-back
+    step and (where measured) the PyTorch peer, per model, on a log axis."""
+    rows = results["rows"]
+    names = [r["model"] + ("*" if r["overrides"] else "") for r in rows]
+    series = [("loop", "loop_tokens_per_s"), ("step", "step_tokens_per_s"), ("torch", "peer_tokens_per_s")]
+    width, x = 0.27, np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows)), 4), layout="constrained")
+    for i, (label, key) in enumerate(series):
+        values = [r.get(key) or 0.0 for r in rows]
+        if any(values):
+            ax.bar(x + (i - 1) * width, values, width, label=label)
+    ax.set_xticks(x, names)
+    ax.set_yscale("log")
+    ax.set_ylabel("target tokens / s")
+    s = results["setting"]
+    ax.set_title(f"training throughput, {s['device_kind']}, {s['dtype']} (* smaller than default)")
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,4 +1,4 @@
-"""The scaling benchmark: ``python benchmark.py [seq2seq] [layers] [--quick] [--peer torch]``.
+"""The benchmarks: ``python benchmark.py [seq2seq] [layers] [train] [--quick] [--peer torch]``.
 
 How the cost of each mechanism grows, on whatever device JAX sees:
 
@@ -11,8 +11,14 @@ How the cost of each mechanism grows, on whatever device JAX sees:
            O(n·d²) (LSTM, GRU) and convolution O(k·n·d²) layers (Vaswani et al. 2017, Table 1):
            time, FLOP/s, peak memory, FLOPs (analytic and XLA's), n and d swept.
 
+  train    the training-throughput study (zoo/bench/throughput.py): tokens/s of the whole
+           training loop and of the compiled step back to back, the host overhead, FLOPs per
+           token, MFU, compile time and memory of every model; --peer torch adds PyTorch's
+           tutorial Bahdanau and nn.Transformer on the same batches. Only when named.
+
 Writes DIR/scaling.json (every measurement, fitted exponent with its range, and target),
-DIR/table.txt (the printed table) and log-log PNGs with the fitted slopes.
+DIR/table.txt (the printed table) and log-log PNGs with the fitted slopes; the train study
+writes DIR/train.json, DIR/train_table.txt and DIR/train.png.
 """
 
 import argparse
@@ -28,7 +34,10 @@ def parse_args(argv=None):
     from zoo.bench.runner import DTYPES, PEERS, STUDIES
 
     p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("studies", nargs="*", metavar="STUDY", help=f"any of {', '.join(STUDIES)} (default: all)")
+    p.add_argument("studies", nargs="*", metavar="STUDY",
+                   help=f"any of {', '.join(STUDIES)}, train (default: {' and '.join(STUDIES)})")
+    p.add_argument("--models", nargs="+", default=None, help="train study: these models (default: all)")
+    p.add_argument("--data-dir", default=None, help="train study: where Multi30k is (default: $ZOO_DATA_DIR, ...)")
     p.add_argument("--quick", action="store_true", help="small sizes, forward passes: a minute or so on a laptop CPU")
     p.add_argument("--device", default=None, help="cpu, gpu or tpu (default: JAX's default device)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
@@ -44,7 +53,7 @@ def main(argv=None) -> int:
     try:
         from zoo.bench.runner import QUICK, STUDIES, full_preset, run_benchmark
 
-        unknown = [s for s in args.studies if s not in STUDIES]
+        unknown = [s for s in args.studies if s not in (*STUDIES, "train")]
         if unknown:
             raise ZooError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
         if args.repeats is not None and args.repeats < MIN_REPEATS:
@@ -68,7 +77,20 @@ def main(argv=None) -> int:
             preset = replace(preset, repeats=args.repeats)
         studies = [s for s in STUDIES if s in args.studies] if args.studies else list(STUDIES)
         try:
-            run_benchmark(studies, preset, out, device, args.dtype, args.peer, args.peer_threads)
+            if studies:
+                run_benchmark(studies, preset, out, device, args.dtype, args.peer, args.peer_threads)
+            if "train" in args.studies:
+                from zoo.bench import throughput
+                from zoo.bench.peer_torch import TorchSeq2SeqPeer
+
+                from zoo.models import list_models
+
+                unknown = [m for m in args.models or () if m not in list_models()]
+                if unknown:
+                    raise ZooError(f"--models: unknown model {unknown[0]!r}; choose from {', '.join(list_models())}")
+                peer = args.peer and TorchSeq2SeqPeer(device, args.dtype, args.peer_threads)
+                throughput.run_throughput(throughput.QUICK if args.quick else throughput.FULL, out, device, args.dtype,
+                                          args.models, peer, args.data_dir)
         except PeerUnavailable as e:
             raise ZooError(str(e)) from None
     except ZooError as e:

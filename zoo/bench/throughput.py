@@ -1,0 +1,303 @@
+"""The training-throughput study: ``python benchmark.py train``.
+
+For every model at its default size (or the quick preset's small sizes), on real Multi30k
+sentences (or, without the corpus, a synthetic one with Multi30k's length distribution):
+
+  loop      target tokens/s of the whole training loop, :func:`zoo.training.train` with its
+            real data path (Grain loader, token-budget batches, metrics every ``log_every``
+            steps), checkpointing only at the end; the first logged interval (compilation) is
+            left out;
+  step      target tokens/s of the compiled training step run back to back on batches already
+            on the device, and its compile time and XLA peak memory;
+  overhead  the host's share of the loop, 1 − loop / step;
+  FLOPs     per target token: the jaxpr's matrix products (:func:`zoo.flops.jaxpr_flops`, scan
+            bodies × their length) and XLA's ``cost_analysis()`` (which counts a scan body once);
+  MFU       achieved FLOP/s over the peak (:func:`zoo.flops.peak_flops`: a data-sheet peak, or on a
+            CPU a float32 matrix product measured in the same run);
+  peer      with ``--peer torch``: PyTorch implementations of the tutorial shapes (Bahdanau,
+            ``torch.nn.Transformer``) timed on the very same batches (:mod:`zoo.bench.peer_torch`).
+
+All batches have one shape (every sentence whose token-budget bucket is :data:`BUCKET` tokens,
+the median), so that the loop and the back-to-back step run the same program and their ratio
+is the host overhead, not compilation.
+"""
+
+import dataclasses
+import gzip
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.bench.measure import memory_bytes, xla_flops
+from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig
+from zoo.data.batching import bucket_length, collate, token_batches
+from zoo.data.corpora import MULTI30K_SPLITS, load_split, resolve_data_dir
+from zoo.data.pipeline import TextPipeline
+from zoo.data.tokenize import Tokenizer
+from zoo.flops import jaxpr_flops, peak_flops
+from zoo.models import build, list_models
+from zoo.training import init_state, make_optimizer, make_train_step, train
+
+BUCKET = 16  # sentences of 15-16 tokens (with <eos>) on the longer side: Multi30k's median bucket
+HOST_OVERHEAD_SMALL_MAX, HOST_OVERHEAD_TRANSFORMER_MAX, PEER_MIN_RATIO = 0.05, 0.02, 1.5
+
+
+@dataclass(frozen=True)
+class ThroughputSizes:
+    """A preset of the study."""
+
+    name: str
+    models: tuple[str, ...]
+    batch_tokens: int  # rows × BUCKET ≤ this
+    loop_steps: int  # the loop's timed steps (after its first interval)
+    log_every: int  # the loop's interval; its first interval (compilation) is not timed
+    step_repeats: int  # back-to-back steps timed
+    overrides: dict  # model name -> config overrides (the quick preset's small sizes)
+    small: tuple[str, dict] = ("transformer", {"d_model": 64, "num_heads": 4, "num_encoder_layers": 1,
+                                               "num_decoder_layers": 1, "d_ff": 128})  # a 1-3 ms step on a CPU
+    small_batch_tokens: int = 256
+    small_loop_steps: int = 60  # its steps are short: time more of them
+    min_seconds: float = 2.0  # the back-to-back step is timed over at least this long
+
+
+_QUICK_SIZES = {"embed_dim": 32, "hidden_dim": 32}
+FULL = ThroughputSizes("full", tuple(list_models()), batch_tokens=4096, loop_steps=6, log_every=3, step_repeats=5,
+                       overrides={})
+QUICK = ThroughputSizes(
+    "quick", tuple(list_models()), batch_tokens=512, loop_steps=4, log_every=2, step_repeats=3,
+    overrides={"bahdanau": {**_QUICK_SIZES, "attention_dim": 32, "maxout_dim": 32},
+               "cho": {**_QUICK_SIZES, "maxout_dim": 32}, "sutskever": _QUICK_SIZES,
+               "luong": {**_QUICK_SIZES, "attention_dim": 32},
+               "transformer": {"d_model": 32, "num_heads": 4, "num_encoder_layers": 1, "num_decoder_layers": 1, "d_ff": 64},
+               "convs2s": {**_QUICK_SIZES, "num_encoder_layers": 2, "num_decoder_layers": 2}})
+
+
+def write_corpus(root: Path, data_dir=None, size: int = 4096, val_size: int = 64) -> dict:
+    """A corpus in the Multi30k layout under ``root`` whose sentences all fall in one bucket.
+
+    Real Multi30k train sentences (if ``<data_dir>/multi30k`` exists) whose bucket (:func:`zoo.data.batching.bucket_length` of the
+    longer side with <eos>, as the zoo tokenizes it) is :data:`BUCKET`;
+    else synthetic sentences of ``BUCKET − 1`` words drawn from a 5,000-word vocabulary.
+
+    Returns:
+      ``{"source": "multi30k" | "synthetic", "sentences": n}``.
+    """
+    if not (resolve_data_dir(data_dir) / "multi30k").is_dir():  # no corpus: the synthetic stand-in
+        rng = np.random.default_rng(0)
+        words = [f"w{i}" for i in range(5000)]
+        pairs = [tuple(" ".join(rng.choice(words, BUCKET - 1)) for _ in range(2)) for _ in range(size + val_size)]
+        source = "synthetic"
+    else:
+        src, tgt = load_split("multi30k", "train", "de", "en", data_dir)
+        de, en = Tokenizer("de"), Tokenizer("en")
+        pairs = [(s, t) for s, t in zip(src, tgt) if bucket_length(max(len(de.tokenize(s)), len(en.tokenize(t))) + 1) == BUCKET]
+        source = "multi30k"
+    folder = root / "multi30k"
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": pairs[:size], "val": pairs[size : size + val_size] or pairs[:val_size]}
+    for split, chosen in splits.items():
+        for lang, column in (("de", 0), ("en", 1)):
+            text = "".join(p[column] + "\n" for p in chosen)
+            (folder / f"{MULTI30K_SPLITS[split]}.{lang}.gz").write_bytes(gzip.compress(text.encode()))
+    return {"source": source, "sentences": len(splits["train"])}
+
+
+def _config(model: str, overrides: dict, batch_tokens: int, max_steps: int, log_every: int, dtype: str) -> Config:
+    model_config = MODEL_CONFIGS[model](**overrides)
+    if dtype != "float32":
+        model_config = dataclasses.replace(model_config, dtype=dtype)
+    return Config(model, model_config, DataConfig(), TrainConfig(batch_tokens=batch_tokens, max_steps=max_steps,
+                                                                log_every=log_every, checkpoint_every=10**6, epochs=100))
+
+
+def measure_loop(config: Config, data_dir: Path, workdir: Path) -> dict:
+    """Target tokens/s of :func:`zoo.training.train`, over its logged intervals after the first."""
+    train(config, workdir, data_dir, progress=False)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    intervals = [r for r in records if r.get("event") == "interval"][1:]
+    steps = {r["step"]: r["tokens"] for r in records if "tokens" in r}
+    seconds = sum(r["step_time_s"] * r["steps"] for r in intervals)
+    tokens = sum(steps[s] for r in intervals for s in range(r["step"] - r["steps"] + 1, r["step"] + 1))
+    return {"tokens_per_s": tokens / seconds, "steps": sum(r["steps"] for r in intervals), "seconds": seconds}
+
+
+def step_batches(config: Config, workdir: Path, data_dir: Path, count: int) -> tuple[list[dict], int, int]:
+    """The first ``count`` batches of epoch 0 of the loop's plan (NumPy), and the vocabulary sizes."""
+    pipeline = TextPipeline.load(config.data, workdir)
+    src, tgt = load_split("multi30k", "train", "de", "en", data_dir)
+    ids = pipeline.encode_source(src), pipeline.encode_target(tgt)
+    plan = token_batches([len(s) for s in ids[0]], [len(t) for t in ids[1]], config.train.batch_tokens, 0, 0,
+                         row_multiple=8)
+    plan = [spec for spec in plan if len(spec.indices) == spec.rows][:count]
+    batches = [collate(*ids, spec.indices, spec.rows, length=spec.length) for spec in plan]
+    return batches, len(pipeline.src_vocab), len(pipeline.tgt_vocab)
+
+
+def measure_step(config: Config, batches: list[dict], vocab: tuple[int, int], peak: float, min_seconds: float) -> dict:
+    """The compiled step back to back on device batches (passes over ``batches`` for at least
+    ``min_seconds``): tokens/s, compile time, memory, FLOPs, MFU."""
+    model_config = dataclasses.replace(config.model, src_vocab_size=vocab[0], tgt_vocab_size=vocab[1])
+    tx = make_optimizer(config.train)
+    graphdef, state = init_state(build(config.model_name, model_config), tx)
+    step = make_train_step(graphdef, tx, config.train.teacher_forcing, config.train.label_smoothing)
+    key, device_batches = jax.random.key(0), jax.device_put(batches)
+    tic = time.perf_counter()
+    compiled = step.lower(state, device_batches[0], key).compile()
+    compile_s = time.perf_counter() - tic
+    flops = jaxpr_flops(step.trace(state, device_batches[0], key).jaxpr)
+    state, metrics = compiled(state, device_batches[0], key)  # warm-up
+    jax.block_until_ready(metrics)
+    tokens, steps, tic = [], 0, time.perf_counter()
+    while steps < len(batches) or time.perf_counter() - tic < min_seconds:  # whole passes over the batches
+        for batch in device_batches:
+            state, metrics = compiled(state, batch, key)
+            tokens.append(metrics["tokens"])
+        steps += len(batches)
+        jax.block_until_ready(state)
+    seconds = time.perf_counter() - tic
+    target_tokens = float(sum(jax.device_get(tokens)))
+    rate = target_tokens / seconds
+    per_token = flops * steps / target_tokens
+    return {"tokens_per_s": rate, "step_ms": 1e3 * seconds / steps, "compile_s": compile_s,
+            "peak_memory_bytes": memory_bytes(compiled)["peak"], "flops_per_token": per_token,
+            "xla_flops_per_token": xla_flops(compiled) * steps / target_tokens,
+            "flops_per_s": per_token * rate, "mfu": per_token * rate / peak,
+            "num_params": int(sum(x.size for x in jax.tree.leaves(state["params"]))),
+            "batch_shape": list(batches[0]["tgt_in"].shape)}
+
+
+def measure_model(model: str, overrides: dict, batch_tokens: int, loop_steps: int, sizes: ThroughputSizes, data_dir: Path,
+                  work: Path, peak: float, dtype: str, peer) -> dict:
+    """Loop, step, overhead (and the peer's figures) of one model."""
+    log_every = max(sizes.log_every, loop_steps // 3)
+    config = _config(model, overrides, batch_tokens, log_every + loop_steps, log_every, dtype)
+    workdir = work / f"{model}-{batch_tokens}"
+    loop = measure_loop(config, data_dir, workdir)
+    batches, *vocab = step_batches(config, workdir, data_dir, sizes.step_repeats)
+    step = measure_step(config, batches, tuple(vocab), peak, sizes.min_seconds)
+    row = {"model": model, "overrides": overrides, "batch_tokens": batch_tokens, "loop_tokens_per_s": loop["tokens_per_s"],
+           "host_overhead": 1.0 - loop["tokens_per_s"] / step["tokens_per_s"], **{f"step_{k}" if k in (
+               "tokens_per_s",) else k: v for k, v in step.items()}}
+    if peer is not None and model in peer.models:
+        torch_rate = peer.tokens_per_s(model, batches, vocab)
+        row.update(peer_tokens_per_s=torch_rate, loop_vs_peer=loop["tokens_per_s"] / torch_rate,
+                   step_vs_peer=step["tokens_per_s"] / torch_rate)
+    return row
+
+
+def run_throughput(sizes: ThroughputSizes, out: Path, device, dtype: str = "float32", models=None, peer=None,
+                   data_dir=None, log=print) -> dict:
+    """Run the study on ``device`` and write ``out/train.json``, ``out/train_table.txt`` and ``out/train.png``.
+
+    Args:
+      sizes: :data:`FULL` or :data:`QUICK`. out: output folder (created). device: a JAX device.
+      dtype: the models' compute dtype. models: a subset of the preset's (None: all).
+      peer: None or a :class:`zoo.bench.peer_torch.TorchSeq2SeqPeer`.
+      data_dir: where Multi30k is (default: the zoo's data directory).
+
+    Returns:
+      the results dict written to ``train.json``.
+
+    Raises:
+      ValueError: an unknown model.
+    """
+    from zoo.bench.measure import run_setting
+    from zoo.bench.report import write_json
+    from zoo.plotting import throughput_plot
+
+    models = list(models or sizes.models)
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise ValueError(f"unknown model {unknown[0]!r}; choose from {', '.join(list_models())}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"setting": {**run_setting(device, dtype), "preset": sizes.name, "bucket": BUCKET}, "rows": []}
+    with jax.default_device(device), tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        results["corpus"] = write_corpus(work / "data", data_dir)
+        peak = peak_flops(device, jnp.dtype(dtype))
+        results["setting"]["peak_flops"] = peak
+        results["batching"] = multi30k_batching(data_dir)
+        small_model, small_overrides = sizes.small
+        runs = [(m, sizes.overrides.get(m, {}), sizes.batch_tokens, sizes.loop_steps) for m in models]
+        runs.append((small_model, small_overrides, sizes.small_batch_tokens, sizes.small_loop_steps))
+        for model, overrides, batch_tokens, loop_steps in runs:
+            log(f"[train] {model} {overrides or '(default size)'} at {batch_tokens} tokens a batch")
+            results["rows"].append(measure_model(model, overrides, batch_tokens, loop_steps, sizes, work / "data", work, peak,
+                                                 dtype, peer))
+    if peer is not None:
+        results["setting"].update(peer.setting())
+    results["targets"] = throughput_targets(results)
+    write_json(results, out / "train.json")
+    table = throughput_table(results)
+    (out / "train_table.txt").write_text(table + "\n")
+    log(table)
+    throughput_plot(results, out / "train.png")
+    return results
+
+
+def multi30k_batching(data_dir=None, batch_tokens: int = 4096) -> dict | None:
+    """Real-token share and distinct shapes of one epoch of ``--batch-tokens`` batches on Multi30k train."""
+    from zoo.data.loader import real_token_share
+
+    if not (resolve_data_dir(data_dir) / "multi30k").is_dir():
+        return None
+    src, tgt = load_split("multi30k", "train", "de", "en", data_dir)
+    pipeline = TextPipeline.build(DataConfig(), src, tgt)
+    src_ids, tgt_ids = pipeline.encode_source(src), pipeline.encode_target(tgt)
+    plan = token_batches([len(s) for s in src_ids], [len(t) for t in tgt_ids], batch_tokens, 0, 0)
+    return {"batch_tokens": batch_tokens, "real_token_share": real_token_share(plan, tgt_ids, 8),
+            "shapes": len({(s.rows, s.length) for s in plan}), "batches": len(plan)}
+
+
+def throughput_targets(results: dict) -> list[dict]:
+    """The training-loop issue's targets on this run."""
+    rows = results["rows"]
+    small, default = rows[-1], {r["model"]: r for r in rows[:-1]}
+    out = [{"name": f"host overhead, small model ({small['step_ms']:.1f} ms step)", "value": small["host_overhead"],
+            "target": f"<= {HOST_OVERHEAD_SMALL_MAX}", "met": small["host_overhead"] <= HOST_OVERHEAD_SMALL_MAX}]
+    if "transformer" in default:
+        value = default["transformer"]["host_overhead"]
+        out.append({"name": "host overhead, transformer", "value": value, "target": f"<= {HOST_OVERHEAD_TRANSFORMER_MAX}",
+                    "met": value <= HOST_OVERHEAD_TRANSFORMER_MAX})
+    for model in ("bahdanau", "transformer"):
+        if model in default:
+            value = default[model].get("loop_vs_peer")
+            out.append({"name": f"{model} loop tokens/s / torch", "value": value, "target": f">= {PEER_MIN_RATIO}",
+                        "met": None if value is None else value >= PEER_MIN_RATIO})
+    if results.get("batching"):
+        b = results["batching"]
+        out.append({"name": f"real-token share, Multi30k train, {b['batch_tokens']} tokens", "value": b["real_token_share"],
+                    "target": ">= 0.85 with <= 16 shapes", "met": b["real_token_share"] >= 0.85 and b["shapes"] <= 16})
+    return out
+
+
+def throughput_table(results: dict) -> str:
+    """The printed table: one line per model, then the targets."""
+    s = results["setting"]
+    lines = [f"training throughput on {s['device_kind']} ({s['dtype']}), peak {s['peak_flops'] / 1e9:.1f} GFLOP/s, "
+             f"corpus {results['corpus']['source']}",
+             f"{'model':<12} {'params':>8} {'batch':>9} {'loop tok/s':>10} {'step tok/s':>10} {'host':>6} {'step ms':>8} "
+             f"{'MFLOP/tok':>9} {'XLA':>7} {'MFU':>6} {'compile s':>9} {'mem MB':>7} {'torch tok/s':>11} {'loop/torch':>10}"]
+    for r in results["rows"]:
+        peer = r.get("peer_tokens_per_s")
+        lines.append(f"{r['model'] + ('*' if r['overrides'] else ''):<12} {r['num_params'] / 1e6:>7.2f}M "
+                     f"{'x'.join(map(str, r['batch_shape'])):>9} {r['loop_tokens_per_s']:>10.0f} {r['step_tokens_per_s']:>10.0f} "
+                     f"{r['host_overhead']:>6.1%} {r['step_ms']:>8.1f} {r['flops_per_token'] / 1e6:>9.1f} "
+                     f"{r['xla_flops_per_token'] / 1e6:>7.1f} {r['mfu']:>6.1%} {r['compile_s']:>9.1f} "
+                     f"{r['peak_memory_bytes'] / 2**20:>7.0f} {'' if peer is None else f'{peer:.0f}':>11} "
+                     f"{'' if peer is None else format(r['loop_vs_peer'], '.2f'):>10}")
+    lines.append("* a smaller size than the default (see overrides in train.json)")
+    if results.get("batching"):
+        b = results["batching"]
+        lines.append(f"--batch-tokens {b['batch_tokens']} on Multi30k train: {b['real_token_share']:.3f} real target "
+                     f"tokens, {b['shapes']} shapes, {b['batches']} batches an epoch")
+    for t in results["targets"]:
+        value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
+        lines.append(f"target {t['name']}: {value} (want {t['target']}) {'met' if t['met'] else 'NOT met' if t['met'] is False else ''}")
+    return "\n".join(lines)
