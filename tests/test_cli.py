@@ -1,5 +1,6 @@
 """train.py and evaluate.py end to end on a tiny corpus: results, files, and bad input."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 from corpus import write_tiny_multi30k
 
 from zoo.cli import evaluate, train
+from zoo.errors import ZooError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +117,8 @@ def test_train_bad_data_fails_in_one_line_and_keeps_the_workdir(trained, tmp_pat
 
 def test_train_bad_flag_value(tmp_path, capsys):
     assert train.main(["--workdir", str(tmp_path / "w"), "--set", "hidden_dim=big"]) == 2
-    assert "'big' is not a int" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and re.search(r"--model\.hidden-dim: invalid literal for int\(\).*'big'", err)
     assert not (tmp_path / "w").exists()
 
 
@@ -131,11 +134,9 @@ def test_train_refused_model_config_writes_nothing(trained, tmp_path, capsys):
 
 
 def test_train_set_parses_booleans(capsys):
-    from zoo.cli.train import model_overrides
-    from zoo.config import LuongConfig
-
-    assert model_overrides(["input_feeding=False", "hard_attention=yes"], LuongConfig()) == {
-        "input_feeding": False, "hard_attention": True}
+    config, _ = train.parse_args(["--workdir", "w", "--model", "luong", "--set", "input_feeding=False",
+                                  "--set", "hard_attention=yes"])
+    assert (config.model.input_feeding, config.model.hard_attention) == (False, True)
     assert train.main(["--workdir", "unused", "--model", "luong", "--set", "hard_attention=maybe"]) == 2
     assert "'maybe' is not a bool" in capsys.readouterr().err
 
@@ -197,3 +198,43 @@ def test_a_second_identical_run_compiles_nothing(tmp_path):
     (compiled, cached), (recompiled, loaded) = counts
     assert compiled > 0 and cached == 0
     assert recompiled == 0 and loaded == compiled
+
+
+def test_help_lists_every_config_field(capsys):
+    from zoo.config import MODEL_CONFIGS, DataConfig, TrainConfig
+
+    for model in ("transformer", "luong"):
+        with pytest.raises(SystemExit) as exit_:
+            train.main(["--model", model, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        for section, cls in (("model", MODEL_CONFIGS[model]), ("data", DataConfig), ("train", TrainConfig)):
+            for f in dataclasses.fields(cls):
+                assert f"--{section}.{f.name.replace('_', '-')}" in text or f"--{section}.no-{f.name.replace('_', '-')}" in text
+
+
+def test_a_bad_value_is_refused_alike_by_the_cli_the_api_and_config_json(tmp_path, capsys):
+    from zoo.checkpoint import read_config
+    from zoo.config import TrainConfig
+
+    message = "TrainConfig.label_smoothing=1.5: must be in [0, 1)"
+    assert train.main(["--workdir", str(tmp_path / "w"), "--train.label-smoothing", "1.5"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(ValueError) as api:
+        TrainConfig(label_smoothing=1.5)
+    assert str(api.value) == message
+    config = {"model_name": "bahdanau", "model": {}, "data": {}, "train": {"label_smoothing": 1.5}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ZooError, match=re.escape(message)):
+        read_config(tmp_path)
+
+
+def test_old_flags_keep_working_and_a_config_file_sets_every_field(tmp_path):
+    config, run = train.parse_args(["--workdir", "w", "--epochs", "3", "--set", "hidden_dim=64", "--no-lowercase",
+                                    "--min-freq", "1", "--no-progress"])
+    assert (config.train.epochs, config.model.hidden_dim, config.data.lowercase, config.data.min_freq) == (3, 64, False, 1)
+    assert run.workdir == "w" and run.progress is False
+    (tmp_path / "c.yaml").write_text("model_name: luong\nmodel: {hidden_dim: 32}\ndata: {min_freq: 3}\ntrain: {epochs: 2}\n")
+    config, _ = train.parse_args(["--config", str(tmp_path / "c.yaml"), "--workdir", "w", "--train.epochs", "5"])
+    assert (config.model_name, config.model.hidden_dim, config.data.min_freq, config.train.epochs) == ("luong", 32, 3, 5)

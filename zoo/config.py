@@ -151,11 +151,11 @@ def _at_least(obj, minimum: int, *names: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "multi30k"
-    src_lang: str = "de"
-    tgt_lang: str = "en"
-    lowercase: bool = True
-    min_freq: int = 2
+    dataset: str = "multi30k"  # the corpus (zoo.data.corpora.DATASETS)
+    src_lang: str = "de"  # source language
+    tgt_lang: str = "en"  # target language
+    lowercase: bool = True  # lowercase before tokenizing
+    min_freq: int = 2  # rarer training tokens map to <unk>
     length_multiple: int = 8  # pad sentence batches up to a multiple of this (fewer recompilations)
 
     def __post_init__(self):
@@ -164,12 +164,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 10  # passes over the training set
     batch_size: int = 128  # sentences a batch (when batch_tokens is None)
     batch_tokens: int | None = None  # a token budget a batch instead: rows × padded length ≤ this (zoo.data.batching)
-    learning_rate: float = 1e-3
-    clip_norm: float = 1.0
-    seed: int = 0
+    learning_rate: float = 1e-3  # Adam's step size (the peak, with warmup_steps)
+    clip_norm: float = 1.0  # the global gradient norm is clipped to this
+    seed: int = 0  # parameters, data order and dropout
     checkpoint_every: int = 100  # steps between resumable checkpoints
     log_every: int = 50  # steps between reads of the metrics from the device (and log lines)
     max_steps: int | None = None  # stop early (tests, smoke runs)

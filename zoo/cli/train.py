@@ -1,102 +1,154 @@
-"""Train a zoo model: ``python train.py --model bahdanau --dataset multi30k --workdir runs/bahdanau``.
+"""Train a zoo model: ``python train.py --model bahdanau --workdir runs/bahdanau``.
 
-Running it again on the same workdir resumes from the latest checkpoint.
+Running it again on the same workdir resumes from the latest checkpoint. Every field of the
+model's config, of ``DataConfig`` and of ``TrainConfig`` (zoo/config.py) is a flag, derived by
+tyro from the dataclasses with their defaults and comments: ``--model.hidden-dim 256``,
+``--data.min-freq 1``, ``--train.batch-tokens 4096``; ``--help`` lists them for the chosen
+``--model``. ``--config FILE`` (JSON, e.g. a workdir's config.json, or YAML) sets every field at
+once; flags override it. Older spellings (``--epochs 3``, ``--set hidden_dim=256``,
+``--no-lowercase``) are rewritten to the new ones.
 """
 
-import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import re
 import signal
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
 
-from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig, replace_fields
+import tyro
+import yaml
+
+from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig
 from zoo.errors import ZooError
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="bahdanau", choices=sorted(MODEL_CONFIGS))
-    p.add_argument("--dataset", default="multi30k")
-    p.add_argument("--workdir", required=True, help="checkpoints, config, vocabularies and metrics go here")
-    p.add_argument("--data-dir", default=None, help="corpora root (default: $ZOO_DATA_DIR, else ~/.cache/zoo/data)")
-    p.add_argument("--src-lang", default="de")
-    p.add_argument("--tgt-lang", default="en")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--batch-tokens", type=int, default=None,
-                   help="batches of a token budget instead: rows × padded length ≤ this (e.g. 4096)")
-    p.add_argument("--log-every", type=int, default=TrainConfig.log_every, help="steps between metric reads and log lines")
-    p.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    p.add_argument("--clip-norm", type=float, default=TrainConfig.clip_norm)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help="steps")
-    p.add_argument("--teacher-forcing", type=float, default=TrainConfig.teacher_forcing,
-                   help="probability that a decoder step reads the reference token, else its own prediction")
-    p.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
-                   help="ε: the training targets put 1 − ε on the reference token (0: none)")
-    p.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps,
-                   help="linear warmup to --learning-rate over this many steps, then 1/√step decay (0: constant)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
-    p.add_argument("--no-lowercase", action="store_true", help="keep the corpus's casing")
-    p.add_argument("--min-freq", type=int, default=DataConfig.min_freq)
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a model config field, e.g. --set hidden_dim=512 (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--compilation-cache", default=None, metavar="DIR",
-                   help="JAX's persistent compilation cache (default: $ZOO_COMPILATION_CACHE, else ~/.cache/zoo/jax; off: none)")
-    return p.parse_args(argv)
+@dataclass(frozen=True)
+class RunOptions:
+    """Where a run reads and writes; not part of the stored config."""
+
+    workdir: str  # checkpoints, config, vocabularies and metrics go here
+    data_dir: str | None = None  # corpora root (default: $ZOO_DATA_DIR, else ~/.cache/zoo/data)
+    progress: bool = True  # show the progress bar
+    compilation_cache: str | None = None  # JAX's compilation cache folder (default: $ZOO_COMPILATION_CACHE, else ~/.cache/zoo/jax; off: none)
 
 
-def parse_bool(value: str) -> bool:
-    """``true``/``false`` (also 1/0, yes/no, any case); raises ValueError otherwise."""
-    lowered = value.lower()
-    if lowered not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(value)
-    return lowered in ("true", "1", "yes")
+def _pop(argv: list[str], flag: str) -> str | None:
+    """Remove ``flag VALUE`` or ``flag=VALUE`` from ``argv``; its VALUE, or None if absent."""
+    for i, arg in enumerate(argv):
+        if arg == flag:
+            if i + 1 == len(argv):
+                raise ZooError(f"{flag}: expected a value")
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            return value
+        if arg.startswith(flag + "="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return None
 
 
-def model_overrides(pairs: list[str], model_config) -> dict:
-    out = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise ZooError(f"--set {pair!r}: expected FIELD=VALUE")
-        default = getattr(model_config, name, None)
-        if default is None:
-            raise ZooError(f"--set {pair!r}: {type(model_config).__name__} has no field {name!r}")
-        try:
-            out[name] = parse_bool(value) if isinstance(default, bool) else type(default)(value)
-        except ValueError:
-            raise ZooError(f"--set {pair!r}: {value!r} is not a {type(default).__name__}") from None
+def read_config_file(path: str) -> Config:
+    """A whole :class:`Config` from JSON or YAML (the layout of a workdir's ``config.json``).
+
+    Raises:
+      ZooError: missing, unreadable or invalid file, naming it.
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
+        return Config.from_json(json.dumps(raw))
+    except (OSError, yaml.YAMLError, ValueError, TypeError, KeyError) as e:
+        raise ZooError(f"--config {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+
+
+def _rewrite_old_flags(argv: list[str], sections: dict) -> list[str]:
+    """``--set F=V`` -> ``--model.F V``; ``--NAME`` / ``--no-NAME`` of a field of exactly one section
+    (and not a run option) -> ``--SECTION.NAME``."""
+    options = {f.name for f in dataclasses.fields(RunOptions)}
+    out, args = [], iter(argv)
+    for arg in args:
+        if arg == "--set" or arg.startswith("--set="):
+            pair = arg[len("--set=") :] if "=" in arg else next(args, "")
+            name, sep, value = pair.partition("=")
+            if not sep:
+                raise ZooError(f"--set {pair!r}: expected FIELD=VALUE (now spelled --model.{name.replace('_', '-')} VALUE)")
+            flag = f"--model.{name.replace('_', '-')}"
+            if {f.name: f.type for f in dataclasses.fields(sections["model"])}.get(name) is bool:  # a flag of its own
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ZooError(f"--set {pair!r}: {value!r} is not a bool (true or false)")
+                flag = flag if value.lower() in ("true", "1", "yes") else f"--model.no-{name.replace('_', '-')}"
+                out.append(flag)
+            else:
+                out += [flag, value]
+            continue
+        flag, eq, value = arg.partition("=")
+        negated = flag.startswith("--no-")
+        name = (flag[5:] if negated else flag[2:]).replace("-", "_")
+        owners = [s for s, cls in sections.items() if name in {f.name for f in dataclasses.fields(cls)}]
+        if flag.startswith("--") and "." not in flag and name not in options and len(owners) == 1:
+            arg = f"--{owners[0]}.{'no-' if negated else ''}{name.replace('_', '-')}{eq}{value}"
+        out.append(arg)
     return out
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def _tyro_cli(args_class, argv: list[str], description: str):
+    """``tyro.cli``, with its framed error message turned into one :class:`ZooError` line."""
+    errors = io.StringIO()
     try:
-        model_config = MODEL_CONFIGS[args.model]()
-        try:
-            config = Config(
-                model_name=args.model,
-                model=replace_fields(model_config, model_overrides(args.set, model_config)),
-                data=DataConfig(args.dataset, args.src_lang, args.tgt_lang, not args.no_lowercase, args.min_freq),
-                train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
-                                  learning_rate=args.learning_rate, clip_norm=args.clip_norm, seed=args.seed,
-                                  checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                                  max_steps=args.max_steps, teacher_forcing=args.teacher_forcing,
-                                  label_smoothing=args.label_smoothing, warmup_steps=args.warmup_steps),
-            )
-        except ValueError as e:
-            raise ZooError(str(e)) from None
+        with contextlib.redirect_stderr(errors):
+            return tyro.cli(args_class, args=argv, prog="train.py", description=description)
+    except SystemExit as e:
+        if not e.code:
+            raise  # --help
+        lines = [line.strip(" │|╭╮╰╯") for line in re.sub(r"\x1b\[[0-9;]*m", "", errors.getvalue()).splitlines()]
+        rule = [not line.strip("─-") for line in lines]  # separators (and blank lines)
+        first = next((i for i in range(1, len(lines)) if not rule[i]), len(lines))  # after the title
+        message = lines[first : next((i for i in range(first, len(lines)) if rule[i]), len(lines))]
+        raise ZooError(" ".join(message) or "bad arguments (see train.py --help)") from None
+    except ValueError as e:  # a __post_init__ check that tyro passed on
+        raise ZooError(str(e)) from None
+
+
+def parse_args(argv=None) -> tuple[Config, RunOptions]:
+    """The config and run options of a command line (see the module docstring).
+
+    Raises:
+      ZooError: an unknown model, a bad ``--config`` file, or a value a config refuses.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name, config_file = _pop(argv, "--model"), _pop(argv, "--config")
+    base = read_config_file(config_file) if config_file else None
+    name = name or (base.model_name if base else "bahdanau")
+    if name not in MODEL_CONFIGS:
+        raise ZooError(f"--model {name!r}: choose from {', '.join(sorted(MODEL_CONFIGS))}")
+    if base is None or base.model_name != name:
+        base = Config(name, MODEL_CONFIGS[name](), base.data if base else DataConfig(), base.train if base else TrainConfig())
+    sections = {"model": MODEL_CONFIGS[name], "data": DataConfig, "train": TrainConfig}
+    args_class = dataclasses.make_dataclass(
+        "TrainArgs", [("run", Annotated[RunOptions, tyro.conf.OmitArgPrefixes])]
+        + [(s, cls, field(default=getattr(base, s))) for s, cls in sections.items()], frozen=True)
+    description = f"{__doc__}\nModel: --model {name} (choose from {', '.join(sorted(MODEL_CONFIGS))})."
+    args = _tyro_cli(args_class, _rewrite_old_flags(argv, sections), description)
+    return Config(name, args.model, args.data, args.train), args.run
+
+
+def main(argv=None) -> int:
+    try:
+        config, options = parse_args(argv)
         from zoo.compilation import default_cache_dir, enable_compilation_cache
         from zoo.training import train
 
-        cache = args.compilation_cache
+        cache = options.compilation_cache
         enable_compilation_cache(default_cache_dir() if cache is None else None if cache == "off" else cache)
-        result = train(config, args.workdir, args.data_dir, progress=not args.no_progress)
+        result = train(config, options.workdir, options.data_dir, progress=options.progress)
     except ZooError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     print(f"trained to step {result['step']} (epoch {result['epoch']}); best val loss {result['best_val_loss']:.4f}; "
           f"{result['wall_s']:.0f} s; XLA: {result['compiled']} programs compiled, {result['cached']} from the cache; "
-          f"workdir {args.workdir}")
+          f"workdir {options.workdir}")
     return 128 + signal.Signals[result["stopped_by"]] if result["stopped_by"] else 0
-
