@@ -205,8 +205,9 @@ def run(sizes: Seq2SeqSizes, dtype, repeats: int, warmup: int, log: Callable = p
       "<model>/<pass> time") and over its points with m·t >= ``sizes.fit_from`` (series
       "<model>/<pass> time, large"), where the asymptotic term should dominate: O(m·t) with global
       attention, O(m + t) without; and against log m at the fixed t with the most grid points
-      (series "<model>/<pass> time, t=T"): about 1 for global attention, below for the others,
-      near 0 for local attention once m ≫ D and the scores outweigh the encoder.
+      (series "<model>/<pass> time, t=T"): global attention's m·t scores against the other two,
+      whose only cost growing with m is the encoder's m steps (local attention adds t·W scores,
+      W = min(2D + 1, m): the same for every m >= 2D + 1).
     """
     measurements = []
     for attention in MODELS:

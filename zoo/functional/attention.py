@@ -79,14 +79,14 @@ def local_window(center, num_positions: int, window: int):
     positions are scored: t·W scores for t target steps instead of t·S.
 
     Args:
-      center: p_t, float scalar (real-valued for local-p).
+      center: p_t, float scalar (real-valued for local-p; taken in float32).
       num_positions: S. window: D >= 0.
 
     Returns:
       ``(start, positions, in_window)``: int32 scalar; int32 (W,), start .. start + W − 1; bool (W,),
       True where |s − p_t| <= D.
     """
-    center = jnp.asarray(center)
+    center = jnp.asarray(center, jnp.float32)  # exact positions beyond 256, whatever the compute dtype
     width = min(2 * window + 1, num_positions)
     start = jnp.clip(jnp.floor(center).astype(jnp.int32) - window, 0, num_positions - width)
     positions = start + jnp.arange(width, dtype=jnp.int32)
@@ -108,8 +108,8 @@ def scatter_window(weights, start, num_positions: int):
 def gaussian_window(center, positions, window: int):
     """Local-p's preference for positions near p_t (Luong et al. 2015, eq. 10):
     exp(−(s − p_t)² / (2σ²)) with σ = D/2, at int ``positions`` s (W,), with p_t a float scalar.
-    Returns float (W,) of p_t's dtype."""
-    center = jnp.asarray(center)
+    Returns float32 (W,)."""
+    center = jnp.asarray(center, jnp.float32)  # exact positions beyond 256, whatever the compute dtype
     sigma = window / 2.0
     return jnp.exp(-jnp.square(positions.astype(center.dtype) - center) / (2.0 * sigma**2))
 
