@@ -129,13 +129,15 @@ SIZES = seq2seq.Seq2SeqSizes(batch=2, vocab=11, embed=6, hidden=8, attention_dim
 
 
 @pytest.mark.parametrize("model, scoring", [("none", "step"), ("additive", "step"), ("dot", "step"),
-                                            ("additive", "broadcast")])
+                                            ("additive", "broadcast"), ("local", "step")])
 def test_score_and_step_counts_are_exact(model, scoring):
-    graphdef, params = seq2seq.build(model, SIZES, jnp.float32, scoring=scoring)
+    sizes = replace(SIZES, window=2)
+    graphdef, params = seq2seq.build(model, sizes, jnp.float32, scoring=scoring)
     m, t = 7, 5  # the run end to end checks the counts at other lengths too
-    src, tgt_in, _ = seq2seq.batch(SIZES, m, t)
+    src, tgt_in, _ = seq2seq.batch(sizes, m, t)
     counts = seq2seq.count(graphdef, params, src[0], tgt_in[0])
-    assert counts == {"scores": 0 if model == "none" else m * t, "recurrent_steps": m + t}
+    scores = {"none": 0, "local": t * 5}.get(model, m * t)  # local: t·(2D + 1) < m·t
+    assert counts == {"scores": scores, "recurrent_steps": m + t} and sizes.scores(model, m, t) == scores
 
 
 def test_broadcast_step_and_remat_attention_are_one_function_with_different_memory():
@@ -154,6 +156,16 @@ def test_broadcast_step_and_remat_attention_are_one_function_with_different_memo
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-6)
     assert mem_r < 0.25 * mem_b and mem_r < 0.25 * mem_s  # the (t, m, A) tanh is neither kept nor built at once
+
+
+def test_local_attention_with_a_window_over_the_whole_source_is_global_attention():
+    m, t = 5, 4
+    data = seq2seq.batch(SIZES, m, t)
+    losses = []
+    for model, sizes in (("additive", SIZES), ("local", replace(SIZES, window=m)), ("local", replace(SIZES, window=1))):
+        graphdef, params = seq2seq.build(model, sizes, jnp.float32)  # one seed: the same parameters
+        losses.append(float(jax.jit(seq2seq.loss_fn(graphdef), compiler_options=FAST_COMPILE)(params, *data)))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6) and abs(losses[2] - losses[0]) > 1e-6
 
 
 def test_seq2seq_refuses_impossible_variants():
@@ -193,6 +205,7 @@ def test_quick_cli_writes_json_table_and_plots(tmp_path, monkeypatch, capsys):
         assert r["scores_counted"] == r["scores_analytic"] and r["recurrent_steps_counted"] == r["m"] + r["t"]
         assert len(r["time"]["runs"]) == 5 and r["time"]["min"] <= r["time"]["median"] <= r["time"]["max"]
     assert {(f["series"], f["against"]) for f in results["seq2seq"]["fits"]} >= {("additive/forward time", "m*t"),
+                                                                                ("local/forward time", "t*W"),
                                                                                 ("none/forward time", "m+t")}
     memory = results["seq2seq"]["memory"]
     assert [(r["model"], r["scoring"], r["remat"], r["pass"]) for r in memory] == list(seq2seq.MEMORY_VARIANTS)

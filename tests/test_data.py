@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zoo.data import tatoeba
 from zoo.data.batching import TOKEN_BUCKETS, BatchSpec, batch_order, bucket_length, collate, token_batches
+from zoo.data.corpora import load_split
 from zoo.data.loader import real_token_share
 from zoo.data.text import read_lines, read_parallel
 from zoo.data.tokenize import Tokenizer
@@ -141,3 +143,82 @@ def test_collate_pads_token_batches_to_the_given_length():
     b = collate([[5, 6]], [[8]], [0], batch_size=2, length=5)
     np.testing.assert_array_equal(b["src"], [[5, 6, EOS_ID, 0, 0], [0] * 5])
     np.testing.assert_array_equal(b["tgt_out"], [[8, EOS_ID, 0, 0, 0], [0] * 5])
+
+
+# ---------------------------------------------------------------- Tatoeba English–French
+
+TATOEBA = SHARED.parent / "tatoeba-eng-fra" / "fra.txt.gz"
+
+
+def _tatoeba_dir(tmp_path, lines: list[str]) -> Path:
+    """A data directory holding a hand-made Tatoeba file of ``lines``."""
+    (tmp_path / "tatoeba-eng-fra").mkdir()
+    (tmp_path / "tatoeba-eng-fra" / "fra.txt.gz").write_bytes(gzip.compress("".join(f"{l}\n" for l in lines).encode()))
+    return tmp_path
+
+
+def test_tatoeba_split_is_a_fixed_hash_of_the_normalised_english_side():
+    # sha256 of the normalised English side mod 100: < 90 train, < 95 val, else test (pinned values)
+    assert [tatoeba.split_of(e) for e in ("Go.", "Stop!", "I won!", "Sentence 7.", "Sentence 8.")] == \
+        ["train", "val", "test", "val", "test"]
+    assert tatoeba.normalise("  I\u00a0WON!\t") == "i won!"
+    assert tatoeba.split_of("  I\u00a0WON!\t") == tatoeba.split_of("i won!") == "test"
+
+
+def test_tatoeba_splits_are_deterministic_disjoint_on_english_and_cover_every_line(tmp_path):
+    # 40 English sentences (7 and 15 fall in val and test), each twice with different case and spacing
+    pairs = [(f"Sentence {i}.", f"Phrase {i}.") for i in range(40)] + [(f"SENTENCE  {i}.", f"La phrase {i} !") for i in range(40)]
+    data_dir = _tatoeba_dir(tmp_path, [f"{en}\t{fr}" for en, fr in pairs] + ["Go.\tVa !\tCC-BY 2.0 (France)"])
+    splits = {split: load_split("tatoeba", split, "en", "fr", data_dir) for split in tatoeba.SPLITS}
+    assert splits == {split: load_split("tatoeba", split, "en", "fr", data_dir) for split in tatoeba.SPLITS}
+    assert [len(splits[s][0]) for s in tatoeba.SPLITS] == [73, 2, 6]  # 36 + 1 + 3 English sentences, twice, and "Go."
+    english = {s: {tatoeba.normalise(e) for e in splits[s][0]} for s in tatoeba.SPLITS}
+    assert not (english["train"] & english["val"] or english["train"] & english["test"] or english["val"] & english["test"])
+    covered = sorted(pair for s in tatoeba.SPLITS for pair in zip(*splits[s]))
+    assert covered == sorted(pairs + [("Go.", "Va !")])  # every line once; the attribution column dropped
+    # the other direction: the same pairs, French first
+    src, tgt = load_split("tatoeba", "val", "fr", "en", data_dir)
+    assert (src, tgt) == (splits["val"][1], splits["val"][0]) and set(tgt) == {"Sentence 7.", "SENTENCE  7."}
+
+
+@pytest.mark.skipif(not TATOEBA.is_file(), reason="needs ../shared/data")
+def test_tatoeba_split_sizes_on_the_real_corpus():
+    splits = [tatoeba.split_of(english) for english, _ in tatoeba.read_pairs(TATOEBA)]
+    assert [splits.count(s) for s in tatoeba.SPLITS] == [150378, 8367, 8385]  # 90.0 / 5.0 / 5.0 % of 167,130
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"fra\.txt\.gz: file is empty"),
+    (b"Go.\tVa !\nHi.\tSalut \xe9!\n", r"fra\.txt\.gz:2: invalid UTF-8 at byte 10"),
+    (b"Go.\tVa !\nHi. Salut !\n", r"fra\.txt\.gz:2: expected English<TAB>French \(2 or 3 tab-separated columns\), got 1"),
+    (b"Go.\tVa !\tx\ty\n", r"fra\.txt\.gz:1: expected English<TAB>French .*got 4"),
+    (b"Go.\tVa !\nHi.\t \n", r"fra\.txt\.gz:2: empty French side"),
+])
+def test_tatoeba_reader_names_file_and_line(tmp_path, content, message):
+    (tmp_path / "tatoeba-eng-fra").mkdir()
+    (tmp_path / "tatoeba-eng-fra" / "fra.txt.gz").write_bytes(gzip.compress(content))
+    with pytest.raises(ZooError, match=message):
+        load_split("tatoeba", "train", "en", "fr", tmp_path)
+
+
+def test_tatoeba_reader_names_a_missing_file(tmp_path):
+    with pytest.raises(ZooError, match=r"fra\.txt: no such file"):
+        tatoeba.read_pairs(tmp_path / "fra.txt")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("tatoeba", "test2016", "en", "fr"), r"--split 'test2016': tatoeba has train, val, test"),
+    (("tatoeba", "train", "de", "en"), r"language 'de': tatoeba has en, fr"),
+    (("tatoeba", "train", "fr", "fr"), r"--src-lang and --tgt-lang are both 'fr'"),
+    (("wmt", "train", "en", "fr"), r"--dataset 'wmt': choose from multi30k, tatoeba"),
+])
+def test_load_split_refuses_unknown_names_before_reading(tmp_path, args, message):
+    with pytest.raises(ZooError, match=message):
+        load_split(*args, tmp_path)
+
+
+def test_french_tokenizer_on_tatoeba_text():
+    fr = Tokenizer("fr")
+    assert fr.tokenize("Cours\u202f!") == ["cours", "!"]  # narrow no-break space before "!"
+    assert fr.tokenize("Vous ne m'écoutez pas.") == ["vous", "ne", "m'", "écoutez", "pas", "."]
+    assert fr.detokenize(["vous", "ne", "m'", "écoutez", "pas", "."]) == "vous ne m'écoutez pas."

@@ -367,7 +367,7 @@ def test_transformer_errors():
         load_torch_transformer(model, {**sd, "encoder.layers.0.norm3.weight": np.zeros(DM, F32)})
     # a different dim_feedforward; nothing is written when a check fails
     before = np.asarray(model.encoder[0].self_attention.w_query[...])
-    with pytest.raises(ValueError, match=r"'encoder.layers.0.linear1.weight' has shape \(64, 16\), but the module expects \(32, 16\)"):
+    with pytest.raises(ValueError, match=r"'encoder.layers.0.linear1.weight' has shape \(64, 16\), expected \(32, 16\)"):
         load_torch_transformer(model, _transformer_state_dict(ff=64))
     np.testing.assert_array_equal(model.encoder[0].self_attention.w_query[...], before)
 

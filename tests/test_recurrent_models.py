@@ -3,8 +3,8 @@
 For each configuration: step-by-step decoding reproduces teacher forcing, padding changes
 nothing, gradients are finite and non-zero (with and without dropout), attention rows are
 distributions over the real source positions, and the evaluation counts show the cost: m·t
-scores for an attention decoder over m source and t target steps, O(m + t) recurrent steps and
-no score for the models without attention.
+scores for an attention decoder over m source and t target steps (t·(2D + 1) for local attention
+with its window of D), O(m + t) recurrent steps and no score for the models without attention.
 
 The forward passes run under ``jax.disable_jit()``: ``lax.scan`` then runs as a Python loop of
 cached single-op programs, far cheaper on a small CPU than compiling every scan of 16
@@ -171,8 +171,10 @@ def test_evaluation_counts(name):
                 model(src, jnp.int32(m), tgt)
             with count_evaluations() as free:
                 greedy(model, model.encode(src, jnp.int32(m)), t)
-        if model.has_attention:
-            assert forced["scores"] == m * t and free["scores"] == m * t, (m, t, forced, free)
+        if model.has_attention:  # local attention: only its window's W = min(2D + 1, m) positions
+            local = getattr(model.config, "attention", "global") != "global"
+            per_step = min(2 * model.config.window + 1, m) if local else m
+            assert forced["scores"] == per_step * t and free["scores"] == per_step * t, (m, t, forced, free)
         else:
             assert forced["scores"] == 0 and free["scores"] == 0
             layers = model.config.num_layers if name.startswith("sutskever") else 1

@@ -14,6 +14,7 @@ from compile_options import FAST_COMPILE
 from flax import nnx
 
 from zoo.functional import attention
+from zoo.functional.counting import count_evaluations
 from zoo.functional.masks import length_mask
 from zoo.nn import Attention
 
@@ -271,16 +272,64 @@ def test_hard_attention_module_with_a_key_is_one_hot():
 # --------------------------------------------------------------------------- local attention
 
 
-def test_window_mask_and_gaussian_window_by_hand():
-    np.testing.assert_array_equal(attention.window_mask(jnp.float32(2.0), 6, 1), [0, 1, 1, 1, 0, 0])
-    np.testing.assert_array_equal(attention.window_mask(jnp.float32(2.5), 6, 1), [0, 0, 1, 1, 0, 0])
-    np.testing.assert_array_equal(attention.window_mask(jnp.float32(0.0), 4, 0), [1, 0, 0, 0])
+def test_local_window_and_gaussian_window_by_hand():
+    def window(center, num_positions, d):
+        start, positions, in_window = attention.local_window(jnp.float32(center), num_positions, d)
+        return int(start), np.asarray(positions).tolist(), np.asarray(in_window).tolist()
+
+    assert window(2.0, 6, 1) == (1, [1, 2, 3], [True, True, True])
+    assert window(2.5, 6, 1) == (1, [1, 2, 3], [False, True, True])  # |s − 2.5| <= 1: s = 2, 3
+    assert window(0.0, 4, 1) == (0, [0, 1, 2], [True, True, False])  # left edge: shifted inside [0, S)
+    assert window(5.0, 6, 1) == (3, [3, 4, 5], [False, True, True])  # right edge
+    assert window(6.0, 6, 1) == (3, [3, 4, 5], [False, False, True])  # p_t = S (local-p's sigmoid at 1)
+    assert window(0.0, 4, 0) == (0, [0], [True])
+    assert window(1.0, 3, 2) == (0, [0, 1, 2], [True, True, True])  # S < 2D + 1: the whole source
     # σ = D/2: D = 2 gives σ = 1, exp(−(s − 1)²/2)
-    np.testing.assert_allclose(attention.gaussian_window(jnp.float32(1.0), 4, 2),
+    np.testing.assert_allclose(attention.gaussian_window(jnp.float32(1.0), jnp.arange(4), 2),
                                [np.exp(-0.5), 1.0, np.exp(-0.5), np.exp(-2.0)], rtol=0, atol=1e-7)
     # D = 4, σ = 2, p = 0.5: exp(−(s − 0.5)²/8)
-    np.testing.assert_allclose(attention.gaussian_window(jnp.float32(0.5), 3, 4),
+    np.testing.assert_allclose(attention.gaussian_window(jnp.float32(0.5), jnp.arange(3), 4),
                                np.exp(-np.array([0.25, 0.25, 2.25]) / 8.0), rtol=0, atol=1e-7)
+
+
+def _masked_local(att, query, keys, values, mask, center):
+    """The reference local attention: score all S positions, then mask those outside |s − p_t| <= D
+    (what zoo.nn.Attention computed before it gathered the window)."""
+    s = jnp.arange(mask.shape[0], dtype=jnp.float32)
+    logits = _logits(att.score_name, att.params, query, keys)
+    weights = attention.masked_softmax(logits, mask & (jnp.abs(s - center) <= att.window))
+    if att.gaussian:
+        weights = weights * jnp.exp(-jnp.square(s - center) / (2.0 * (att.window / 2.0) ** 2))
+    return weights @ values, weights
+
+
+@pytest.mark.parametrize("num_positions", [9, 3])  # W = 2D + 1 = 5 < S, and S < 2D + 1
+def test_gathered_window_equals_the_masked_reference(num_positions):
+    query, keys, values = _normal(17, (16,)), _normal(18, (num_positions, 16)), _normal(19, (num_positions, 2))
+    mask = length_mask(num_positions - 1, num_positions)  # the last position is padding
+    centers = [0.0, 0.4, 1.0, 2.5, num_positions / 2 - 0.3, num_positions - 1.5, num_positions - 1.0, num_positions]
+    for gaussian in (False, True):
+        att = _make("general", 16, 16, window=2, gaussian=gaussian)
+        for center in centers:
+            center = jnp.float32(center)
+            context, weights = att(query, keys, values, mask, center=center)
+            ref_context, ref_weights = _masked_local(att, query, keys, values, mask, center)
+            assert weights.shape == (num_positions,)
+            np.testing.assert_allclose(weights, ref_weights, rtol=0, atol=1e-6, err_msg=f"p_t = {center}")
+            np.testing.assert_allclose(context, ref_context, rtol=0, atol=1e-6)
+            outside = np.abs(np.arange(num_positions) - float(center)) > 2
+            np.testing.assert_array_equal(np.asarray(weights)[outside], 0.0)
+            assert float(weights.sum()) > 0
+
+
+def test_local_attention_scores_only_its_window():
+    S9 = 9
+    query, keys, values = _normal(20, (16,)), _normal(21, (S9, 16)), _normal(22, (S9, 2))
+    for window, expected in ((1, 3), (2, 5), (6, S9)):  # 2D + 1 positions, at most S
+        att = _make("general", 16, 16, window=window)
+        with count_evaluations() as counts:
+            att(query, keys, values, length_mask(S9, S9), center=jnp.float32(4.0))
+        assert counts == {"scores": expected}
 
 
 def test_local_attention_weights():

@@ -117,6 +117,34 @@ def _param_shapes(module) -> dict:
     return nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(module, nnx.Param)))
 
 
+def _read_state_dict(state_dict, expected: dict, where: str, scope=None) -> dict:
+    """The checked arrays of a torch state dict: every key of ``expected`` must be present with
+    its shape, and no other key of ``scope`` may be.
+
+    Args:
+      state_dict: mapping torch parameter name -> NumPy array (any float dtype).
+      expected: torch key -> its shape in torch's layout.
+      where: what the state dict is, for the messages (e.g. "torch lstm state dict").
+      scope: the keys that must all be expected (None: every key of ``state_dict``).
+
+    Returns:
+      ``{torch key: float32 jax array}``, torch's layout, for the keys of ``expected``.
+
+    Raises:
+      ValueError: a missing key (naming its expected shape), a key of another shape (naming both),
+        or an unexpected key (naming its shape); the first in ``expected``'s order, then by name.
+    """
+    for key, shape in expected.items():
+        if key not in state_dict:
+            raise ValueError(f"missing key {key!r} (expected shape {shape}) in the {where}")
+        if _shape(state_dict[key]) != shape:
+            raise ValueError(f"key {key!r} has shape {_shape(state_dict[key])}, expected {shape}")
+    extra = sorted(set(state_dict if scope is None else scope) - set(expected))
+    if extra:
+        raise ValueError(f"unexpected key {extra[0]!r} (shape {_shape(state_dict[extra[0]])}) in the {where}")
+    return {key: _array(state_dict[key]) for key in expected}
+
+
 def _assign(module, entries: dict) -> None:
     """Overwrite the module's parameters at the paths of ``entries`` (``{zoo path: _Entry}``) in
     place, each array cast to the dtype of the parameter it replaces. Every shape is checked
@@ -216,32 +244,19 @@ def _rnn_entries(state_dict, cell: str, num_layers: int, bidirectional: bool) ->
     if len(ih0) != 2:
         raise ValueError(f"key 'weight_ih_l0' has shape {ih0}, expected a matrix ({gates * hidden}, D)")
     width = 2 * hidden if bidirectional else hidden
-    expected = {}  # torch key -> (shape, layer, direction, zoo name)
+    shapes, paths = {}, {}  # torch key -> its shape, and its zoo path
     for layer in range(num_layers):
         d_in = ih0[1] if layer == 0 else width
-        shapes = {"w_i": (gates * hidden, d_in), "b_i": (gates * hidden,),
-                  "w_h": (gates * hidden, hidden), "b_h": (gates * hidden,)}
+        layer_shapes = {"w_i": (gates * hidden, d_in), "b_i": (gates * hidden,),
+                        "w_h": (gates * hidden, hidden), "b_h": (gates * hidden,)}
         for direction, reverse in _directions(bidirectional):
-            for name, shape in shapes.items():
-                expected[_torch_key(name, layer, reverse)] = (shape, layer, direction, name)
-
-    for key, (shape, *_) in expected.items():
-        if key not in state_dict:
-            raise ValueError(f"missing key {key!r} (expected shape {shape}) in the torch {cell} state dict "
-                             f"for num_layers={num_layers}, bidirectional={bidirectional}")
-        if _shape(state_dict[key]) != shape:
-            raise ValueError(f"key {key!r} has shape {_shape(state_dict[key])}, expected {shape}")
-    extra = sorted(set(state_dict) - set(expected))
-    if extra:
-        raise ValueError(f"unexpected key {extra[0]!r} (shape {_shape(state_dict[extra[0]])}) in the torch "
-                         f"{cell} state dict for num_layers={num_layers}, bidirectional={bidirectional}")
-
-    entries = {}
-    for key, (_, layer, direction, name) in expected.items():
-        value = _array(state_dict[key])
-        path = ("layers", layer) + (() if direction is None else (direction,)) + (name,)
-        entries[path] = _Entry(key, value.T if name.startswith("w_") else value)
-    return entries
+            for name, shape in layer_shapes.items():
+                key = _torch_key(name, layer, reverse)
+                shapes[key] = shape
+                paths[key] = ("layers", layer) + (() if direction is None else (direction,)) + (name,)
+    arrays = _read_state_dict(state_dict, shapes, f"torch {cell} state dict for num_layers={num_layers}, "
+                                                  f"bidirectional={bidirectional}")
+    return {path: _Entry(key, arrays[key].T if path[-1].startswith("w_") else arrays[key]) for key, path in paths.items()}
 
 
 def load_torch_rnn(module, state_dict) -> None:
@@ -305,25 +320,15 @@ def _attention_entries(state_dict, prefix: str) -> dict:
                          "value projections)")
     width = shape[1]
     expected = {prefix + name: tuple(n * width for n in factors) for name, factors in _ATTENTION_SHAPES.items()}
-    for key, shape in expected.items():
-        if key not in state_dict:
-            raise ValueError(f"missing key {key!r} (expected shape {shape}) in the torch nn.MultiheadAttention "
-                             "state dict")
-        if _shape(state_dict[key]) != shape:
-            raise ValueError(f"key {key!r} has shape {_shape(state_dict[key])}, expected {shape}")
-    extra = sorted(set(scope) - set(expected))
-    if extra:
-        raise ValueError(f"unexpected key {extra[0]!r} (shape {_shape(state_dict[extra[0]])}) in the torch "
-                         "nn.MultiheadAttention state dict")
-
-    w_in, b_in = (np.asarray(state_dict[prefix + name]) for name in ("in_proj_weight", "in_proj_bias"))
+    arrays = _read_state_dict(state_dict, expected, "torch nn.MultiheadAttention state dict", scope)
+    w_in, b_in = arrays[prefix + "in_proj_weight"], arrays[prefix + "in_proj_bias"]
     entries = {}
     for i, name in enumerate(("query", "key", "value")):
         rows = slice(i * width, (i + 1) * width)
-        entries[f"w_{name}"] = _Entry(prefix + "in_proj_weight", _array(w_in[rows]).T, _stacked)
-        entries[f"b_{name}"] = _Entry(prefix + "in_proj_bias", _array(b_in[rows]), _stacked)
-    entries["w_out"] = _Entry(prefix + "out_proj.weight", _array(state_dict[prefix + "out_proj.weight"]).T)
-    entries["b_out"] = _Entry(prefix + "out_proj.bias", _array(state_dict[prefix + "out_proj.bias"]))
+        entries[f"w_{name}"] = _Entry(prefix + "in_proj_weight", w_in[rows].T, _stacked)
+        entries[f"b_{name}"] = _Entry(prefix + "in_proj_bias", b_in[rows], _stacked)
+    entries["w_out"] = _Entry(prefix + "out_proj.weight", arrays[prefix + "out_proj.weight"].T)
+    entries["b_out"] = _Entry(prefix + "out_proj.bias", arrays[prefix + "out_proj.bias"])
     return entries
 
 
@@ -452,16 +457,7 @@ def load_torch_transformer(model, state_dict) -> None:
                          "LayerNorm; torch's nn.Transformer always adds a final LayerNorm (encoder.norm, decoder.norm) "
                          "after its layers, so post-LN (norm_first=False) torch weights have no zoo counterpart. Import "
                          "a norm_first=True nn.Transformer into a model with norm='pre'")
-    shapes = _param_shapes(model)
-    entries = {}
-
-    def take(key: str, path: tuple, transpose: bool) -> None:
-        if key not in state_dict:
-            raise ValueError(f"missing key {key!r} (expected shape {_reversed(shapes[path].shape)}) in the torch "
-                             "nn.Transformer state dict")
-        value = _array(state_dict[key])
-        entries[path] = _Entry(key, value.T if transpose else value)
-
+    entries, paths = {}, {}  # zoo path -> _Entry of the attentions; torch key -> zoo path of the rest
     for stack, (attentions, num_sublayers) in _STACKS.items():
         layers = list(getattr(model, stack))
         found = _num_layers(state_dict, stack)
@@ -475,16 +471,17 @@ def load_torch_transformer(model, state_dict) -> None:
                 for name, entry in _attention_entries(state_dict, f"{prefix}{torch_name}.").items():
                     entries[(stack, i, zoo_name, name)] = entry
             for torch_name, zoo_name in _FFN.items():
-                take(f"{prefix}{torch_name}.weight", (stack, i, "ffn", zoo_name, "kernel"), True)
-                take(f"{prefix}{torch_name}.bias", (stack, i, "ffn", zoo_name, "bias"), False)
+                paths[f"{prefix}{torch_name}.weight"] = (stack, i, "ffn", zoo_name, "kernel")
+                paths[f"{prefix}{torch_name}.bias"] = (stack, i, "ffn", zoo_name, "bias")
             for k in range(num_sublayers):
                 for torch_name, zoo_name in _LAYER_NORM.items():
-                    take(f"{prefix}norm{k + 1}.{torch_name}", (stack, i, "sublayers", k, "norm", zoo_name), False)
+                    paths[f"{prefix}norm{k + 1}.{torch_name}"] = (stack, i, "sublayers", k, "norm", zoo_name)
         for torch_name, zoo_name in _LAYER_NORM.items():
-            take(f"{stack}.norm.{torch_name}", (f"{stack}_norm", zoo_name), False)
+            paths[f"{stack}.norm.{torch_name}"] = (f"{stack}_norm", zoo_name)
 
-    extra = sorted(set(state_dict) - {entry.key for entry in entries.values()})
-    if extra:
-        raise ValueError(f"unexpected key {extra[0]!r} (shape {_shape(state_dict[extra[0]])}) in the torch "
-                         "nn.Transformer state dict")
+    shapes = _param_shapes(model)
+    arrays = _read_state_dict(state_dict, {key: _reversed(shapes[path].shape) for key, path in paths.items()},
+                              "torch nn.Transformer state dict", set(state_dict) - {e.key for e in entries.values()})
+    for key, path in paths.items():  # kernels (D_in, D_out) are torch's weights (D_out, D_in) transposed
+        entries[path] = _Entry(key, arrays[key].T if path[-1] == "kernel" else arrays[key])
     _assign(model, entries)

@@ -1,5 +1,6 @@
 """The seq2seq study: how a GRU encoder-decoder's cost grows with source length m and target
-length t, without attention (O(m + t) recurrent steps) and with attention (m·t scores).
+length t, without attention (O(m + t) recurrent steps), with global attention (m·t scores) and
+with local attention (t·(2D + 1) scores, flat in m for m ≫ D).
 
 Glossary of shapes: B batch, m source length, t target length, V vocabulary, E embedding
 width, H hidden width (encoder and decoder), A additive attention width.
@@ -13,7 +14,10 @@ width, H hidden width (encoder and decoder), A additive attention width.
 Without attention the decoder sees the source only through s_0 (Cho et al. 2014; Sutskever et
 al. 2014): m + t recurrent steps. With attention every target step scores every source
 position: m·t score evaluations (Bahdanau et al. 2015; Luong et al. 2015), each O(A) for the
-additive score vᵀ tanh(W_q s_i + W_k h_j) and O(H) for the dot score s_iᵀ h_j.
+additive score vᵀ tanh(W_q s_i + W_k h_j) and O(H) for the dot score s_iᵀ h_j. Local attention
+(Luong et al. 2015, section 3.2, local-m: p_i = min(i, m − 1)) gathers and scores only the
+W = min(2D + 1, m) positions j with |j − p_i| <= D: t·W additive scores, so for m ≫ D its time
+grows with t·D and the encoder's m steps, not with m·t.
 
 The additive attention is computed in one of two ways, the same function up to rounding:
 
@@ -37,7 +41,7 @@ from zoo.functional.attention import masked_softmax
 from zoo.functional.counting import count_evaluations, record
 from zoo.nn import Attention, RNNLayer
 
-MODELS = ("none", "additive", "dot")  # the attention of each timed model
+MODELS = ("none", "additive", "dot", "local")  # the attention of each timed model (local: additive, local-m)
 SCORINGS = ("step", "broadcast")
 LEARNING_RATE = 0.01
 
@@ -55,15 +59,20 @@ class Seq2SeqSizes:
     memory_length: int  # m = t of the memory comparison
     fit_from: int  # the "large" fits use the grid points with m·t >= fit_from
     train: bool = True  # also time the training step over the grid (the memory comparison always does)
+    window: int = 4  # D of the local attention
+
+    def scores(self, attention: str, m: int, t: int) -> int:
+        """The analytic score count of one example: 0, m·t, or t·min(2D + 1, m) (local)."""
+        return {"none": 0, "local": t * min(2 * self.window + 1, m)}.get(attention, m * t)
 
 
 class Seq2Seq(nnx.Module):
     """A GRU encoder-decoder on one example (``jax.vmap`` it over a batch); see the module docstring.
 
     Args:
-      attention: "none", "additive" or "dot" (the dot score needs no parameters; query and key
-        widths are both H).
-      vocab, embed, hidden, attention_dim: V, E, H, A.
+      attention: "none", "additive", "dot" (the dot score needs no parameters; query and key
+        widths are both H) or "local" (additive, local-m with window D).
+      vocab, embed, hidden, attention_dim: V, E, H, A. window: D (local attention only).
       scoring: "step" (scores inside the decoder's scan) or "broadcast" (the naive (t, m, A)
         tensor; additive attention only).
       remat: rematerialise the decoder step in the backward pass (``jax.checkpoint``; "step" only).
@@ -73,7 +82,7 @@ class Seq2Seq(nnx.Module):
     """
 
     def __init__(self, attention: str, vocab: int, embed: int, hidden: int, attention_dim: int, *,
-                 scoring: str = "step", remat: bool = False, rngs: nnx.Rngs):
+                 window: int = 4, scoring: str = "step", remat: bool = False, rngs: nnx.Rngs):
         if attention not in MODELS:
             raise ValueError(f"unknown attention {attention!r}; choose from {', '.join(MODELS)}")
         if scoring not in SCORINGS:
@@ -87,7 +96,9 @@ class Seq2Seq(nnx.Module):
         self.tgt_embed = nnx.Embed(vocab, embed, rngs=rngs)
         self.encoder = RNNLayer("gru", embed, hidden, rngs=rngs)
         self.decoder = RNNLayer("gru", embed, hidden, rngs=rngs)
-        self.attention = None if attention == "none" else Attention(attention, hidden, hidden, attention_dim, rngs=rngs)
+        self.attention = None if attention == "none" else Attention(
+            "additive" if attention == "local" else attention, hidden, hidden, attention_dim,
+            window=window if attention == "local" else None, rngs=rngs)
         self.output = nnx.Linear(hidden if attention == "none" else 2 * hidden, vocab, rngs=rngs)
 
     def __call__(self, src, tgt_in):
@@ -105,12 +116,15 @@ class Seq2Seq(nnx.Module):
             return self.output(jnp.concatenate([states, contexts], axis=-1))
         keys_proj = self.attention.project_keys(annotations)  # (m, A) or (m, H)
 
-        def step(s_prev, y_i):
+        def step(s_prev, inputs):
+            y_i, i = inputs
             s, _ = self.decoder(s_prev, y_i)  # (H,)
-            context, _ = self.attention(s, keys_proj, annotations, mask)  # (H,)
+            center = jnp.minimum(i, src.shape[0] - 1).astype(jnp.float32)  # local-m's p_i (global: unused)
+            context, _ = self.attention(s, keys_proj, annotations, mask, center=center)  # (H,)
             return s, jnp.concatenate([s, context], axis=-1)
 
-        _, features = jax.lax.scan(jax.checkpoint(step) if self.remat else step, encoder_last, y)  # (t, 2H)
+        steps = jnp.arange(tgt_in.shape[0], dtype=jnp.int32)
+        _, features = jax.lax.scan(jax.checkpoint(step) if self.remat else step, encoder_last, (y, steps))  # (t, 2H)
         return self.output(features)
 
     def _broadcast_contexts(self, states, annotations, mask):
@@ -126,8 +140,8 @@ class Seq2Seq(nnx.Module):
 
 def build(attention: str, sizes: Seq2SeqSizes, dtype, *, scoring: str = "step", remat: bool = False, seed: int = 0):
     """A :class:`Seq2Seq` split into ``(graphdef, params)`` with the parameters cast to ``dtype``."""
-    model = Seq2Seq(attention, sizes.vocab, sizes.embed, sizes.hidden, sizes.attention_dim, scoring=scoring,
-                    remat=remat, rngs=nnx.Rngs(seed))
+    model = Seq2Seq(attention, sizes.vocab, sizes.embed, sizes.hidden, sizes.attention_dim, window=sizes.window,
+                    scoring=scoring, remat=remat, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
     return graphdef, jax.tree.map(lambda a: a.astype(dtype), params)
 
@@ -186,10 +200,14 @@ def run(sizes: Seq2SeqSizes, dtype, repeats: int, warmup: int, log: Callable = p
     Returns:
       dict: ``sizes``, ``measurements`` (per model, m, t and pass: time, memory, and for the
       forward pass the counted and analytic scores and recurrent steps), ``fits`` and ``memory``
-      (:func:`memory_comparison`). The fits are log time against log(m·t) and log(m+t), every model
-      and pass, over the whole grid (series "<model>/<pass> time") and over its points with
-      m·t >= ``sizes.fit_from`` (series "<model>/<pass> time, large"), where the asymptotic term
-      should dominate: O(m·t) with attention, O(m + t) without.
+      (:func:`memory_comparison`). The fits are log time against log(m·t) and log(m+t) (and, for
+      local attention, log(t·W)), every model and pass, over the whole grid (series
+      "<model>/<pass> time") and over its points with m·t >= ``sizes.fit_from`` (series
+      "<model>/<pass> time, large"), where the asymptotic term should dominate: O(m·t) with global
+      attention, O(m + t) without; and against log m at the fixed t with the most grid points
+      (series "<model>/<pass> time, t=T"): global attention's m·t scores against the other two,
+      whose only cost growing with m is the encoder's m steps (local attention adds t·W scores,
+      W = min(2D + 1, m): the same for every m >= 2D + 1).
     """
     measurements = []
     for attention in MODELS:
@@ -197,7 +215,7 @@ def run(sizes: Seq2SeqSizes, dtype, repeats: int, warmup: int, log: Callable = p
         for m, t in sizes.grid:
             data = batch(sizes, m, t)
             counts = count(graphdef, params, data[0][0], data[1][0])
-            analytic = {"scores": 0 if attention == "none" else m * t, "recurrent_steps": m + t}
+            analytic = {"scores": sizes.scores(attention, m, t), "recurrent_steps": m + t}
             programs = (("forward", loss_fn(graphdef)), ("train", train_step_fn(graphdef)))
             for name, fn in programs[: 2 if sizes.train else 1]:
                 row = {"model": attention, "m": m, "t": t, "pass": name, **_measure(fn, (params, *data), repeats, warmup)}
@@ -212,16 +230,27 @@ def run(sizes: Seq2SeqSizes, dtype, repeats: int, warmup: int, log: Callable = p
 
 
 def fits(measurements: list, sizes: Seq2SeqSizes) -> list:
-    """Exponents of time against m·t and m + t (see :func:`run`), as dicts."""
+    """Exponents of time against m·t, m + t, t·W (local) and m at fixed t (see :func:`run`), as dicts."""
+    t_values = [t for _, t in sizes.grid]
+    fixed_t = max(t_values, key=lambda t: (t_values.count(t), t))  # the t with the most m (the largest on a tie)
+    sizes_of = {"m*t": lambda r: r["m"] * r["t"], "m+t": lambda r: r["m"] + r["t"],
+                "t*W": lambda r: sizes.scores("local", r["m"], r["t"]), "m": lambda r: r["m"]}
     out = []
     for attention in MODELS:
         for name in ("forward", "train") if sizes.train else ("forward",):
             rows = [r for r in measurements if r["model"] == attention and r["pass"] == name]
             large = [r for r in rows if r["m"] * r["t"] >= sizes.fit_from]
-            for against, size in (("m*t", lambda r: r["m"] * r["t"]), ("m+t", lambda r: r["m"] + r["t"])):
-                for series, subset in ((f"{attention}/{name} time", rows), (f"{attention}/{name} time, large", large)):
-                    x, y = [size(r) for r in subset], [r["time"]["median"] for r in subset]
-                    out.append(fit_series(series, against, x, y).as_dict())
+            series = [(f"{attention}/{name} time", rows, against) for against in ("m*t", "m+t")]
+            series += [(f"{attention}/{name} time, large", large, against) for against in ("m*t", "m+t")]
+            if attention == "local":
+                series += [(f"{attention}/{name} time{suffix}", subset, "t*W")
+                           for suffix, subset in (("", rows), (", large", large))]
+            at_fixed_t = [r for r in rows if r["t"] == fixed_t]
+            if len(at_fixed_t) >= 2:  # a grid with one m per t has no exponent in m
+                series.append((f"{attention}/{name} time, t={fixed_t}", at_fixed_t, "m"))
+            for label, subset, against in series:
+                x, y = [sizes_of[against](r) for r in subset], [r["time"]["median"] for r in subset]
+                out.append(fit_series(label, against, x, y).as_dict())
     return out
 
 

@@ -67,23 +67,51 @@ def hard_weights(logits, mask, key=None, temperature: float = 1.0):
     return one_hot + (relaxed - jax.lax.stop_gradient(relaxed))  # forward: exactly one_hot
 
 
-def window_mask(center, num_positions: int, window: int):
-    """Local attention's window (Luong et al. 2015, section 3.2): positions s with |s − p_t| <= D.
+def local_window(center, num_positions: int, window: int):
+    """Local attention's window (Luong et al. 2015, section 3.2), to be gathered rather than masked.
+
+    The positions s with |s − p_t| <= D lie in [floor(p_t) − D, floor(p_t) + D], so they all fall
+    among the W = min(2D + 1, S) consecutive positions from
+
+        start = clip(floor(p_t) − D, 0, S − W)
+
+    (the clipping keeps the window inside [0, S) at the edges and for any p_t). Only those W
+    positions are scored: t·W scores for t target steps instead of t·S.
 
     Args:
-      center: p_t, float scalar (a real number for local-p). num_positions: S. window: D.
+      center: p_t, float scalar (real-valued for local-p; taken in float32).
+      num_positions: S. window: D >= 0.
 
     Returns:
-      bool (S,).
+      ``(start, positions, in_window)``: int32 scalar; int32 (W,), start .. start + W − 1; bool (W,),
+      True where |s − p_t| <= D.
     """
-    return jnp.abs(jnp.arange(num_positions, dtype=jnp.float32) - center) <= window
+    center = jnp.asarray(center, jnp.float32)  # exact positions beyond 256, whatever the compute dtype
+    width = min(2 * window + 1, num_positions)
+    start = jnp.clip(jnp.floor(center).astype(jnp.int32) - window, 0, num_positions - width)
+    positions = start + jnp.arange(width, dtype=jnp.int32)
+    return start, positions, jnp.abs(positions.astype(center.dtype) - center) <= window
 
 
-def gaussian_window(center, num_positions: int, window: int):
+def gather_window(x, start, width: int):
+    """Rows start .. start + W − 1 of x (S, ...) (``jax.lax.dynamic_slice``): (W, ...). ``start`` from
+    :func:`local_window`, which keeps them inside [0, S)."""
+    return jax.lax.dynamic_slice_in_dim(x, start, width, axis=0)
+
+
+def scatter_window(weights, start, num_positions: int):
+    """A window's weights (W,) back in a full row (S,), zero outside the window (the inverse of
+    :func:`gather_window`, by ``jax.lax.dynamic_update_slice``)."""
+    return jax.lax.dynamic_update_slice_in_dim(jnp.zeros((num_positions,), weights.dtype), weights, start, axis=0)
+
+
+def gaussian_window(center, positions, window: int):
     """Local-p's preference for positions near p_t (Luong et al. 2015, eq. 10):
-    exp(−(s − p_t)² / (2σ²)) with σ = D/2. Returns float (S,)."""
+    exp(−(s − p_t)² / (2σ²)) with σ = D/2, at int ``positions`` s (W,), with p_t a float scalar.
+    Returns float32 (W,)."""
+    center = jnp.asarray(center, jnp.float32)  # exact positions beyond 256, whatever the compute dtype
     sigma = window / 2.0
-    return jnp.exp(-jnp.square(jnp.arange(num_positions, dtype=jnp.float32) - center) / (2.0 * sigma**2))
+    return jnp.exp(-jnp.square(positions.astype(center.dtype) - center) / (2.0 * sigma**2))
 
 
 def context_vector(weights, values):

@@ -13,6 +13,8 @@ Bahdanau et al.) over the encoder's top states h̄_s:
 Local attention (section 3.2) reads only [p_t − D, p_t + D]: local-m sets p_t = t (clipped to
 the last source position); local-p predicts p_t = S · sigmoid(v_pᵀ tanh(W_p h_t)) (eq. 9) with
 S the source length, and multiplies the weights by exp(−(s − p_t)²/(2σ²)), σ = D/2 (eq. 10).
+The window's 2D + 1 positions are gathered and only they are scored (:class:`zoo.nn.Attention`):
+t·(2D + 1) scores over t target steps, however long the source.
 Decoder states: encoder final states of every layer (as Sutskever et al. 2014), h̃_0 = 0.
 
 Shapes: S source, T target, E embedding, H hidden, V vocabulary. Dropout acts on the

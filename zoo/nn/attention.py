@@ -25,7 +25,8 @@ class Attention(nnx.Module):
       hard: hard attention (:func:`zoo.functional.attention.hard_weights`): one-hot weights,
         trained by straight-through Gumbel-softmax when a PRNG key is given.
       window: local attention (Luong et al. 2015, section 3.2): only positions within D =
-        ``window`` of a centre p_t given at each call take part. None: global attention.
+        ``window`` of a centre p_t given at each call take part, and only the 2D + 1 positions
+        around it are gathered and scored. None: global attention.
       gaussian: local-p: multiply the weights by exp(−(s − p_t)²/(2σ²)), σ = D/2 (eq. 10); the
         weights then sum to less than 1, as in the paper.
 
@@ -60,19 +61,28 @@ class Attention(nnx.Module):
         real positions; ``key`` draws the hard attention's sample during training; ``center``
         p_t (float scalar) for local attention.
 
-        Every position is scored (S evaluations; local attention masks outside its window).
+        Global attention scores all S positions. Local attention gathers the W = min(2D + 1, S)
+        positions of its window (:func:`zoo.functional.attention.local_window`) and scores only
+        those: W evaluations, whatever S.
 
-        Returns ``(context (C,), weights (S,))``; weights are zero on masked positions.
+        Returns ``(context (C,), weights (S,))``; weights are zero on masked positions and, for
+        local attention, outside the window.
         """
+        num_positions = mask.shape[0]
+        if self.window is not None:
+            start, positions, in_window = attention.local_window(center, num_positions, self.window)
+            keys_proj, values, mask = (attention.gather_window(x, start, positions.shape[0])
+                                       for x in (keys_proj, values, mask))
+            mask = mask & in_window
         logits = attention.get_score(self.score_name).score(self.params, query, keys_proj)
         record("scores", logits.size)
-        num_positions = logits.shape[-1]
-        if self.window is not None:
-            mask = mask & attention.window_mask(center, num_positions, self.window)
         weights = attention.hard_weights(logits, mask, key) if self.hard else attention.masked_softmax(logits, mask)
         if self.gaussian:
-            weights = weights * attention.gaussian_window(center, num_positions, self.window)
-        return attention.context_vector(weights, values), weights
+            weights = weights * attention.gaussian_window(center, positions, self.window).astype(weights.dtype)
+        context = attention.context_vector(weights, values)
+        if self.window is not None:
+            weights = attention.scatter_window(weights, start, num_positions)
+        return context, weights
 
 
 class MultiHeadAttention(nnx.Module):
