@@ -20,6 +20,7 @@ from zoo.errors import ZooError
 from zoo.models import build
 from zoo.decoding import greedy
 from zoo import training
+from zoo.compilation import CompileCounter
 from zoo.flops import jaxpr_flops
 from zoo.training import data_parallel, example_nll, init_state, make_optimizer, make_train_step, step_key, train
 from zoo.translator import Translator
@@ -237,3 +238,25 @@ def test_step_flops_count_matrix_products_and_scan_iterations():
     assert jaxpr_flops(jaxpr) == 6 * 2 * 4 * 8 * 8
     conv = jax.make_jaxpr(lambda x, k: jax.lax.conv_general_dilated(x, k, (1,), "SAME"))(jnp.ones((2, 3, 10)), jnp.ones((5, 3, 4)))
     assert jaxpr_flops(conv) == 2 * (2 * 5 * 10) * (3 * 4)  # outputs × (C_in · k)
+
+
+def test_a_second_call_with_the_same_shapes_compiles_nothing(pipeline_and_batch, saved_workdir):
+    """The train step, the eval step and translate are compiled once per shape (as Optax's tests guard)."""
+    _, model_config, batch = pipeline_and_batch
+    tx = make_optimizer(TrainConfig())
+    graphdef, state = init_state(build("bahdanau", model_config), tx)
+    train_step, eval_nll = make_train_step(graphdef, tx), training.make_eval_nll(graphdef)
+    _, translator = saved_workdir
+    key = jax.random.key(0)
+
+    def calls(state):
+        state, _ = train_step(state, batch, key)
+        jax.block_until_ready(eval_nll(state["params"], batch))
+        translator.translate(["Ein Hund schläft im Park."])
+        return state
+
+    with CompileCounter() as first:
+        state = calls(state)
+    with CompileCounter() as second:
+        calls(state)
+    assert first.programs >= 2 and second.programs == 0  # the translator may have compiled in an earlier test

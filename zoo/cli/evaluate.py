@@ -17,7 +17,8 @@ from zoo.errors import ZooError
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--split", default="test2016", help="a named split of the workdir's dataset (default test2016)")
+    p.add_argument("--split", default=None, help="a named split of the workdir's dataset (default: its last, the test "
+                   "split: multi30k test2016, tatoeba test)")
     p.add_argument("--src", help="source-language text file (with --ref, instead of --split)")
     p.add_argument("--ref", help="reference translations, line-aligned with --src")
     p.add_argument("--data-dir", default=None)
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
             raise ZooError(f"--plot-sentences {args.plot_sentences}: must be at least 1")
         check_outputs(args)
         from zoo.checkpoint import read_config
-        from zoo.data.corpora import load_split
+        from zoo.data.corpora import DATASETS, load_split
         from zoo.data.text import read_parallel
         from zoo.models import MODELS
 
@@ -67,8 +68,9 @@ def main(argv=None) -> int:
             name = f"{args.src} -> {args.ref}"
         else:
             d = config.data
-            sources, references = load_split(d.dataset, args.split, d.src_lang, d.tgt_lang, args.data_dir)
-            name = f"{d.dataset} {args.split}"
+            split = args.split or DATASETS[d.dataset][1][-1]
+            sources, references = load_split(d.dataset, split, d.src_lang, d.tgt_lang, args.data_dir)
+            name = f"{d.dataset} {split}"
 
         from zoo.evaluation import evaluate
         from zoo.translator import load
