@@ -57,11 +57,22 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's folder of a save that has not co
 log = logging.getLogger("zoo")
 
 
+class _NoOrbaxTracebacks(logging.Filter):
+    """Drops the tracebacks that Orbax logs (through absl) for a failed save: the store reports the
+    failure itself, as one ZooError line (see :meth:`_StepFolder.wait`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+logging.getLogger("absl").addFilter(_NoOrbaxTracebacks())
+
+
 def _check_keys(path, section: str, raw, expected: set) -> None:
     """Raise naming the first missing or unknown key of one section of ``config.json``."""
     if not isinstance(raw, dict):
         raise ZooError(f"{path}: {section} must be a JSON object, not {type(raw).__name__}")
-    for problem, keys in (("is missing", expected - set(raw)), ("is not a known field", set(raw) - expected)):
+    for problem, keys in (("is not a known field", set(raw) - expected), ("is missing", expected - set(raw))):
         if keys:
             raise ZooError(f"{path}: {section}{sorted(keys)[0]} {problem}; truncated or hand-edited?")
 
