@@ -290,6 +290,7 @@ def test_translate_refuses_bad_arguments_and_truncates_long_sentences(workdir, c
     for beam_size in (0, -1, 1.5):
         with pytest.raises(ValueError, match="beam_size=.*: must be an integer of at least 1"):
             translator.translate(["Ein Mann."], beam_size=beam_size)
+    assert translator.translate([]) == ([], [])
     assert translator.max_source_length == 255  # a recurrent model: no max_length of its own
     (long,) = translator.translate_tokens(["ein mann läuft " * 300])
     assert long.source_tokens == ["ein", "mann", "läuft"] * 85 + ["<eos>"]

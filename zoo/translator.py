@@ -103,9 +103,10 @@ class Translator:
         src_ids = self.encode_source(sentences)
         order = np.argsort([len(s) for s in src_ids], kind="stable")
         out: list[Translation | None] = [None] * len(sentences)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = collate(src_ids, [[] for _ in src_ids], idx, batch_size, self.config.data.length_multiple)
+        rows = max(1, min(batch_size, len(order)))  # a few sentences are not padded to a full batch
+        for start in range(0, len(order), rows):
+            idx = order[start : start + rows]
+            batch = collate(src_ids, [[] for _ in src_ids], idx, rows, self.config.data.length_multiple)
             max_length = min(2 * batch["src"].shape[1] + 8, getattr(self.config.model, "max_length", np.inf))
             tokens, weights = jax.device_get(self._decode(self.params, batch, beam_size, max_length))
             for row, i in enumerate(idx):
