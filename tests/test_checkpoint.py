@@ -113,11 +113,12 @@ def largest_data_file(step_dir):
     return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in p.as_posix()), key=lambda p: p.stat().st_size)
 
 
-DAMAGE = {
-    "flipped bytes": lambda step_dir: largest_data_file(step_dir), "truncated file": lambda step_dir: largest_data_file(step_dir),
-    "deleted _METADATA": lambda step_dir: step_dir / "state" / "_METADATA",
-    "deleted manifest.ocdbt": lambda step_dir: step_dir / "state" / "manifest.ocdbt",
-    "deleted meta": lambda step_dir: step_dir / "meta" / "metadata",
+DAMAGE = {  # name: (the file, what happens to it)
+    "flipped bytes": (largest_data_file, flip_bytes), "truncated file": (largest_data_file, truncate),
+    "deleted _METADATA": (lambda step_dir: step_dir / "state" / "_METADATA", os.remove),
+    "deleted manifest.ocdbt": (lambda step_dir: step_dir / "state" / "manifest.ocdbt", os.remove),
+    "deleted meta": (lambda step_dir: step_dir / "meta" / "metadata", os.remove),
+    "truncated checksums": (lambda step_dir: step_dir / checkpoint.MANIFEST, truncate),
 }
 
 
@@ -125,8 +126,9 @@ DAMAGE = {
 def test_damaged_latest_step_falls_back_to_the_older_intact_one_in_one_line(tmp_path, damage, caplog):
     saved(tmp_path, None, None).close()
     step_dir = tmp_path / "checkpoints" / "2"
-    path = DAMAGE[damage](step_dir)
-    {"flipped bytes": flip_bytes, "truncated file": truncate}.get(damage, os.remove)(path)
+    file, action = DAMAGE[damage]
+    path = file(step_dir)
+    action(path)
     assert restored_value(tmp_path) == 1.0
     (line,) = zoo_lines(caplog)
     name = path.relative_to(step_dir).as_posix()

@@ -266,16 +266,16 @@ class _StepFolder:
         where = f"{self.name}/{step}"
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
-            files = manifest["files"].items()
+            files = [(name, int(entry["bytes"]), str(entry["sha256"])) for name, entry in manifest["files"].items()]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise _Damaged(f"{where}/{MANIFEST}: unreadable") from None
-        for name, expected in files:
+        for name, num_bytes, sha256 in files:
             path = folder / name
             if not path.is_file():
                 raise _Damaged(f"{where}/{name}: missing")
-            if (size := path.stat().st_size) != expected["bytes"]:
-                raise _Damaged(f"{where}/{name}: {size} bytes, {expected['bytes']} written (truncated?)")
-            if _sha256(path) != expected["sha256"]:
+            if (size := path.stat().st_size) != num_bytes:
+                raise _Damaged(f"{where}/{name}: {size} bytes, {num_bytes} written (truncated?)")
+            if _sha256(path) != sha256:
                 raise _Damaged(f"{where}/{name}: checksum mismatch (changed since written)")
         return manifest
 
