@@ -5,29 +5,98 @@ A workdir holds:
   ``src_vocab.json``, ``tgt_vocab.json`` the vocabularies
   ``checkpoints/<step>/``              the latest resumable states (parameters, optimizer state,
                                        step, PRNG key, data position), Orbax, the last 2 kept
-  ``best/<step>/``                     the state with the lowest validation loss
+  ``best/<step>/``                     the state with the lowest finite validation loss
   ``metrics.jsonl``                    one JSON object per logged event
+  ``.lock``                            the PID of the last trainer (:class:`WorkdirLock`)
+
+Integrity. Every step folder holds ``zoo_manifest.json``: the size and SHA-256 of every file
+Orbax wrote for the step's items, and the step's validation loss. It is written into Orbax's
+temporary folder after the items are finalized and before the folder is renamed into place
+(Orbax's ``post_finalization_callback``), so it commits atomically with the step. Restoring
+verifies it first (Orbax itself checks no checksums: zeroed bytes restore silently); a step with
+a changed, truncated or deleted file is damaged, and :meth:`CheckpointStore.restore` says so in
+one line (the ``zoo`` logger) and falls back to the next older intact step. Steps without a
+manifest (written before it existed) are restored unverified; any error reading them also
+counts as damage. Temporary folders of interrupted saves (``*.orbax-checkpoint-tmp*``) are
+never read, and a writable store deletes them.
+
+Best. A state enters ``best/`` only with a finite validation loss strictly lower than the one
+recorded in the manifest of the newest intact best step (:attr:`CheckpointStore.best_val_loss`);
+Orbax deletes the previous best only after the new one has committed.
+
+Order of the two commits. A save with a new best commits ``best/<step>`` first and waits for it,
+then saves ``checkpoints/<step>``. A kill between the two leaves ``best/`` one validation ahead
+of ``checkpoints/``: the rerun resumes from the older step, reaches the same step with the same
+validation loss (training is deterministic), which is not strictly lower and is not saved
+again, so ``best/`` holds exactly the step and loss that the rerun reports. The other order
+could leave a resumable step whose meta claims a best that ``best/`` never received.
 """
 
 import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from zoo.config import Config
-from zoo.errors import ZooError
+from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig
+from zoo.errors import ZooError, read_json, write_text
 
 CONFIG_FILE = "config.json"
 RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every"}  # may change when resuming a workdir
+MANIFEST = "zoo_manifest.json"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's folder of a save that has not committed (yet)
+log = logging.getLogger("zoo")
+
+
+class _NoOrbaxTracebacks(logging.Filter):
+    """Drops the tracebacks that Orbax logs (through absl) for a failed save: the store reports the
+    failure itself, as one ZooError line (see :meth:`_StepFolder.wait`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+logging.getLogger("absl").addFilter(_NoOrbaxTracebacks())
+
+
+def _check_keys(path, section: str, raw, expected: set) -> None:
+    """Raise naming the first missing or unknown key of one section of ``config.json``."""
+    if not isinstance(raw, dict):
+        raise ZooError(f"{path}: {section} must be a JSON object, not {type(raw).__name__}")
+    for problem, keys in (("is not a known field", set(raw) - expected), ("is missing", expected - set(raw))):
+        if keys:
+            raise ZooError(f"{path}: {section}{sorted(keys)[0]} {problem}; truncated or hand-edited?")
 
 
 def read_config(workdir) -> Config:
+    """The workdir's ``config.json``.
+
+    Raises:
+      ZooError: no such file, not JSON, a missing or unknown field, an unknown model or a value
+        the config refuses; naming the file (and the field).
+    """
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise ZooError(f"{path}: no such file; is {workdir} a zoo workdir?")
-    return Config.from_json(path.read_text())
+    raw = read_json(path)
+    _check_keys(path, "", raw, {"model_name", "model", "data", "train"})
+    if raw["model_name"] not in MODEL_CONFIGS:
+        raise ZooError(f"{path}: model_name {raw['model_name']!r} is not one of {', '.join(sorted(MODEL_CONFIGS))}")
+    for section, cls in (("model", MODEL_CONFIGS[raw["model_name"]]), ("data", DataConfig), ("train", TrainConfig)):
+        _check_keys(path, f"{section}.", raw[section], {f.name for f in dataclasses.fields(cls)})
+    try:
+        return Config.from_json(json.dumps(raw))
+    except (TypeError, ValueError) as e:
+        raise ZooError(f"{path}: {e}") from None
 
 
 def write_or_check_config(workdir, config: Config) -> None:
@@ -35,25 +104,77 @@ def write_or_check_config(workdir, config: Config) -> None:
 
     Raises:
       ZooError: the workdir was made with other settings (naming the first differing field);
-        only the training length and checkpoint interval may change on resume.
+        only the training length and checkpoint interval may change on resume. Or the workdir
+        cannot be written (read-only, full, a file in the way), naming the path.
     """
     path = Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(config.to_json())
-        return
-    saved = read_config(workdir)
-    for section in ("model_name", "model", "data", "train"):
-        old, new = getattr(saved, section), getattr(config, section)
-        if not dataclasses.is_dataclass(old):
-            if old != new:
-                raise ZooError(f"{path}: workdir has {section}={old!r}, not {new!r}; use a new --workdir")
-            continue
-        for f in dataclasses.fields(old):
-            a, b = getattr(old, f.name), getattr(new, f.name)
-            if a != b and not (section == "train" and f.name in RESUMABLE_FIELDS):
-                raise ZooError(f"{path}: workdir has {section}.{f.name}={a!r}, not {b!r}; use a new --workdir")
-    path.write_text(config.to_json())
+    if path.exists():
+        saved = read_config(workdir)
+        for section in ("model_name", "model", "data", "train"):
+            old, new = getattr(saved, section), getattr(config, section)
+            if not dataclasses.is_dataclass(old):
+                if old != new:
+                    raise ZooError(f"{path}: workdir has {section}={old!r}, not {new!r}; use a new --workdir")
+                continue
+            for f in dataclasses.fields(old):
+                a, b = getattr(old, f.name), getattr(new, f.name)
+                if a != b and not (section == "train" and f.name in RESUMABLE_FIELDS):
+                    raise ZooError(f"{path}: workdir has {section}.{f.name}={a!r}, not {b!r}; use a new --workdir")
+    else:
+        _make_folder(path.parent)
+    write_text(path, config.to_json())
+
+
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ZooError(f"{path}: cannot create the folder ({e.strerror or e})") from None
+
+
+class WorkdirLock:
+    """Exclusive use of a workdir by one trainer: ``with WorkdirLock(workdir): train...``.
+
+    An advisory ``flock`` on ``<workdir>/.lock``, which holds the owner's PID. The kernel
+    releases the lock when its process dies (even by ``kill -9``), so a lock file left behind
+    never blocks; the file itself stays. Readers (``zoo.load``, ``evaluate.py``) never take it.
+    Entering creates the workdir if needed.
+
+    Raises (on entering):
+      ZooError: a live process holds the lock (naming its PID), or the workdir cannot be written.
+    """
+
+    FILE = ".lock"
+
+    def __init__(self, workdir):
+        self.path = Path(workdir) / self.FILE
+        self._fd = None
+
+    def __enter__(self) -> "WorkdirLock":
+        _make_folder(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise ZooError(f"{self.path}: cannot create the workdir lock ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ZooError(f"{self.path.parent}: process {holder} is training in this workdir; "
+                           f"wait for it to end or use another --workdir") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            os.close(fd)
+            raise ZooError(f"{self.path}: cannot write the workdir lock ({e.strerror or e})") from None
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        os.close(self._fd)  # closing the only descriptor releases the flock
+        self._fd = None
 
 
 def _check_shapes(expected, saved) -> None:
@@ -70,66 +191,274 @@ def _check_shapes(expected, saved) -> None:
             raise ZooError(f"checkpoint parameter {name} has shape {got} but the model expects {want}")
 
 
+def _check_finite(step: int, state) -> None:
+    """Raise naming the first floating-point leaf of ``state`` with a NaN or an infinity."""
+    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if jnp.issubdtype(np.asarray(x).dtype, jnp.inexact) and not np.isfinite(x).all():
+            raise ZooError(f"step {step}: {jax.tree_util.keystr(path, simple=True, separator='/')} "
+                           f"has non-finite values (NaN or inf); not saved")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _item_files(step_dir: Path) -> list[Path]:
+    """The files of the step's items (its sub-folders); Orbax rewrites the top-level files when committing."""
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.parent != step_dir)
+
+
+class _Damaged(Exception):
+    """A step folder that does not match its manifest or cannot be read; the message says why."""
+
+
+class _StepFolder:
+    """One folder of Orbax steps (``checkpoints/`` or ``best/``): listing, verifying, reading and,
+    unless read-only, saving with a manifest."""
+
+    ITEMS = dict(state=ocp.PyTreeCheckpointHandler, meta=ocp.JsonCheckpointHandler)
+
+    def __init__(self, directory: Path, max_to_keep: int, read_only: bool):
+        self.directory, self.name = directory, directory.name
+        self.manager, self.saving = None, None  # saving: (step, val_loss) of the save in flight
+        if read_only:
+            return
+        _make_folder(directory)
+        try:
+            for tmp in directory.glob(f"*{TMP_SUFFIX}*"):  # interrupted saves; the writer holds the workdir lock
+                shutil.rmtree(tmp)
+        except OSError as e:
+            raise ZooError(f"{directory}: cannot remove an interrupted save ({e.strerror or e})") from None
+        self.manager = ocp.CheckpointManager(
+            directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=False, async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest)
+            ),
+            item_handlers={name: handler() for name, handler in self.ITEMS.items()},
+        )
+
+    def steps(self) -> list[int]:
+        """The committed steps, newest first (temporary folders excluded)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted((int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
+
+    def _write_manifest(self) -> None:
+        """Orbax's post-finalization callback: the items are complete in the temporary folder."""
+        step, val_loss = self.saving
+        folder = self.directory / f"{step}{TMP_SUFFIX}"
+        files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _item_files(folder)}
+        (folder / MANIFEST).write_text(json.dumps({"step": step, "val_loss": val_loss, "files": files}, indent=1))
+
+    def verify(self, step: int) -> dict | None:
+        """The step's manifest after checking every file against it; None for a step without one.
+
+        Raises:
+          _Damaged: a file is missing, has another size or checksum, or the manifest is unreadable.
+        """
+        folder = self.directory / str(step)
+        if not (folder / MANIFEST).exists():
+            return None
+        where = f"{self.name}/{step}"
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+            files = [(name, int(entry["bytes"]), str(entry["sha256"])) for name, entry in manifest["files"].items()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise _Damaged(f"{where}/{MANIFEST}: unreadable") from None
+        for name, num_bytes, sha256 in files:
+            path = folder / name
+            if not path.is_file():
+                raise _Damaged(f"{where}/{name}: missing")
+            if (size := path.stat().st_size) != num_bytes:
+                raise _Damaged(f"{where}/{name}: {size} bytes, {num_bytes} written (truncated?)")
+            if _sha256(path) != sha256:
+                raise _Damaged(f"{where}/{name}: checksum mismatch (changed since written)")
+        return manifest
+
+    def read(self, step: int, target):
+        """``(state, meta)`` of a verified step, ``state`` restoring only ``target``'s leaves.
+
+        Raises:
+          ZooError: a parameter's saved shape differs from ``target``'s.
+          _Damaged: the step fails verification or Orbax cannot read it.
+        """
+        self.verify(step)
+        folder = self.directory / str(step)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), target)
+        restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), abstract)
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
+            meta=ocp.args.JsonRestore(),
+        )
+        try:
+            with ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{n: h() for n, h in self.ITEMS.items()})) as checkpointer:
+                _check_shapes(target["params"], checkpointer.metadata(folder).item_metadata["state"].tree["params"])
+                restored = checkpointer.restore(folder, args=args)
+        except ZooError:
+            raise
+        except Exception as e:  # Orbax and TensorStore raise many types for a damaged folder
+            raise _Damaged(f"{self.name}/{step}: unreadable ({type(e).__name__}: {_first_line(e)})") from None
+        return restored["state"], restored["meta"]
+
+    def save(self, step: int, args, val_loss: float | None) -> None:
+        """Start an asynchronous save of ``step`` (replacing a folder of that step, e.g. a damaged one)."""
+        self.wait()  # one save in flight per folder: its manifest needs ``self.saving``
+        self.saving = (step, val_loss)
+        try:
+            if step in self.manager.all_steps():
+                self.manager.delete(step)
+            self.manager.save(step, args=args, force=True)
+        except Exception as e:
+            raise ZooError(f"{self.directory / str(step)}: cannot save ({_first_line(e)}); the steps committed before are kept") from None
+
+    def wait(self) -> None:
+        """Block until the save in flight has committed.
+
+        Raises:
+          ZooError: it failed (full disk, read-only folder, ...), naming the step folder.
+        """
+        if self.manager is None or self.saving is None:
+            return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise ZooError(f"{self.directory / str(self.saving[0])}: saving failed ({_first_line(e)}); "
+                           f"the steps committed before are kept") from None
+        finally:
+            self.saving = None
+
+    def close(self) -> None:
+        if self.manager is not None:
+            try:
+                self.wait()
+            finally:
+                self.manager.close()
+                self.manager = None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 class CheckpointStore:
-    """The ``checkpoints/`` (latest, for resuming) and ``best/`` (lowest validation loss) folders.
+    """The ``checkpoints/`` (latest, for resuming) and ``best/`` (lowest validation loss) folders
+    of a workdir, with checksums, a fallback to intact steps, and a careful ``best/`` (see the
+    module docstring).
 
     A saved item is ``state`` (a pytree of arrays) plus ``meta`` (a JSON dict: data position,
-    validation loss, ...). Saving is asynchronous; call :meth:`close` before exiting.
+    ...). Saving is asynchronous; call :meth:`close` (or :meth:`wait`) before exiting. A writable
+    store assumes its process holds the :class:`WorkdirLock`; a ``read_only`` one writes nothing.
+
+    Raises (constructing a writable store):
+      ZooError: the folders cannot be created (read-only workdir, a file in the way).
     """
 
     def __init__(self, workdir, read_only: bool = False):
         root = Path(workdir).absolute()
-        common = dict(item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
-        self.latest = ocp.CheckpointManager(
-            root / "checkpoints",
-            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=not read_only, read_only=read_only),
-            **common,
-        )
-        self.best = ocp.CheckpointManager(
-            root / "best",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min", create=not read_only, read_only=read_only
-            ),
-            **common,
-        )
+        self.latest = _StepFolder(root / "checkpoints", 2, read_only)
+        self.best = _StepFolder(root / "best", 1, read_only)
+        self._best_val_loss = None  # read from best/ on first use
 
-    def save(self, step: int, state, meta: dict, val_loss: float | None = None) -> None:
-        """Save ``state`` and ``meta`` at ``step``; with ``val_loss``, also offer it to ``best/``."""
-        state = jax.device_get(state)  # a host copy: the device buffers are donated to the next step
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self.latest.save(step, args=args, force=True)
-        if val_loss is not None:
-            self.best.save(step, args=args, metrics={"val_loss": float(val_loss)}, force=True)
+    @property
+    def best_val_loss(self) -> float:
+        """The validation loss recorded with the newest intact step of ``best/``; inf if none.
 
-    def latest_step(self) -> int | None:
-        return self.latest.latest_step()
+        A damaged best step is reported (one line) and ignored: the next validation replaces it.
+        """
+        if self._best_val_loss is None:
+            self._best_val_loss = math.inf
+            for step in self.best.steps():
+                try:
+                    manifest = self.best.verify(step)
+                except _Damaged as e:
+                    log.warning(f"{e}; the next validation replaces it")
+                    continue
+                if manifest is not None and manifest.get("val_loss") is not None:
+                    self._best_val_loss = float(manifest["val_loss"])
+                    break
+        return self._best_val_loss
 
-    def restore(self, target, step: int | None = None, best: bool = False):
-        """Restore ``(state, meta)`` shaped like ``target`` (arrays or ShapeDtypeStructs).
+    def save(self, step: int, state, meta: dict, val_loss: float | None = None) -> bool:
+        """Save ``state`` and ``meta`` at ``step`` into ``checkpoints/``; and into ``best/`` first when
+        ``val_loss`` is finite and strictly lower than :attr:`best_val_loss`.
 
         Args:
-          target: a pytree with the expected structure, shapes and dtypes; its ``params`` entry
-            is checked against the saved parameter shapes first.
-          step: which step; default the best (``best=True``) or the latest.
-          best: read from ``best/`` rather than ``checkpoints/``.
+          step: the training step (a folder name).
+          state: a pytree of arrays (device or host); copied to the host before returning.
+          meta: a JSON-serialisable dict.
+          val_loss: the step's validation loss, or None.
+
+        Returns:
+          whether ``best/`` now holds this step (it has committed when this returns).
 
         Raises:
-          ZooError: no checkpoint, or a parameter's saved shape differs from ``target``'s.
+          ZooError: a floating-point leaf of ``state`` is not finite (naming the step and the
+            leaf; nothing is written), or writing failed (naming the step folder).
         """
-        manager = self.best if best else self.latest
-        if step is None:
-            step = manager.best_step() if best else manager.latest_step()
-        if step is None or step not in manager.all_steps():
-            raise ZooError(f"{manager.directory}: no checkpoint{'' if step is None else f' at step {step}'}")
-        _check_shapes(target["params"], manager.item_metadata(step)["state"]["params"])
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), target)
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
-        return restored["state"], restored["meta"]
+        state = jax.device_get(state)  # a host copy: the device buffers are donated to the next step
+        _check_finite(step, state)
+        args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta))
+        val_loss = None if val_loss is None else float(val_loss)
+        new_best = val_loss is not None and math.isfinite(val_loss) and val_loss < self.best_val_loss
+        if new_best:
+            self.best.save(step, args, val_loss)
+            self.best.wait()
+            self._best_val_loss = val_loss
+        self.latest.save(step, args, val_loss)
+        return new_best
+
+    def latest_step(self) -> int | None:
+        """The newest committed step of ``checkpoints/`` (not verified), or None."""
+        return next(iter(self.latest.steps()), None)
+
+    def restore(self, target, step: int | None = None, best: bool = False):
+        """Restore ``(state, meta)`` of the newest intact step, shaped like ``target``.
+
+        Args:
+          target: a pytree of arrays or ShapeDtypeStructs with a ``params`` entry, which is checked
+            against the saved parameter shapes first. Only its leaves are read: ``{"params": ...,
+            "step": ...}`` restores no optimizer state.
+          step: only this step; default the newest intact one.
+          best: look in ``best/`` first, then in ``checkpoints/`` (as ``zoo.load`` does); else only
+            in ``checkpoints/`` (as resuming does).
+
+        A damaged step (see the module docstring) is skipped for the next older one, and one line
+        on the ``zoo`` logger names it and the step used.
+
+        Raises:
+          ZooError: no checkpoint (at ``step``), none intact (naming each damaged step and file), or
+            a parameter's saved shape differs from ``target``'s.
+        """
+        folders = (self.best, self.latest) if best else (self.latest,)
+        candidates = [(f, s) for f in folders for s in f.steps() if step is None or s == step]
+        if not candidates:
+            where = " or ".join(str(f.directory) for f in folders)
+            raise ZooError(f"{where}: no checkpoint{'' if step is None else f' at step {step}'}")
+        damaged = []
+        for folder, s in candidates:
+            try:
+                state, meta = folder.read(s, target)
+            except _Damaged as e:
+                damaged.append(str(e))
+                continue
+            if damaged:
+                log.warning(f"damaged checkpoint: {'; '.join(damaged)}; using {folder.name}/{s}")
+            return state, meta
+        raise ZooError(f"{folders[0].directory.parent}: no intact checkpoint ({'; '.join(damaged)})")
+
+    def wait(self) -> None:
+        """Block until every save has committed (ZooError naming the step if one failed)."""
+        self.best.wait()
+        self.latest.wait()
 
     def close(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
-        self.latest.close()
-        self.best.close()
+        """Wait for the saves in flight and release Orbax's resources (ZooError if a save failed)."""
+        try:
+            self.best.close()
+        finally:
+            self.latest.close()

@@ -1,21 +1,26 @@
 """A trained model loaded from its workdir: ``zoo.load(workdir).translate(sentences)``."""
 
+import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from zoo import decoding
-from zoo.checkpoint import CheckpointStore, read_config
+from zoo.checkpoint import CONFIG_FILE, CheckpointStore, read_config
 from zoo.config import Config
 from zoo.data.batching import collate
 from zoo.data.pipeline import TextPipeline
 from zoo.data.vocab import EOS_ID
+from zoo.errors import ZooError
 from zoo.models import build
-from zoo.training import init_state, make_optimizer
+
+MAX_SOURCE_LENGTH = 255  # source tokens kept by translate for models without a max_length (recurrent)
+log = logging.getLogger("zoo")
 
 
 @dataclass
@@ -56,15 +61,52 @@ class Translator:
 
         return jax.vmap(one)(batch["src"], batch["src_length"])
 
+    @property
+    def max_source_length(self) -> int:
+        """Source tokens that :meth:`translate` keeps (longer sentences are truncated): with <eos>
+        and padding to ``length_multiple`` they fit the model's ``max_length`` (positions), else
+        :data:`MAX_SOURCE_LENGTH`, which keeps decoding a sentence to seconds."""
+        limit = getattr(self.config.model, "max_length", None)
+        if limit is None:
+            return MAX_SOURCE_LENGTH
+        return limit // self.config.data.length_multiple * self.config.data.length_multiple - 1
+
+    def encode_source(self, sentences: list[str]) -> list[list[int]]:
+        """Token ids of each sentence, truncated to :attr:`max_source_length` (one log line if any is).
+
+        Raises:
+          ValueError: ``sentences`` is a string or not a list of strings.
+        """
+        if isinstance(sentences, str) or not isinstance(sentences, (list, tuple)):
+            raise ValueError(f"sentences must be a list of strings, not {type(sentences).__name__}; "
+                             f"wrap one sentence as [sentence]")
+        bad = next((i for i, s in enumerate(sentences) if not isinstance(s, str)), None)
+        if bad is not None:
+            raise ValueError(f"sentences[{bad}] is a {type(sentences[bad]).__name__}, not a string")
+        limit = self.max_source_length
+        src_ids = self.pipeline.encode_source(sentences)
+        long = [i for i, s in enumerate(src_ids) if len(s) > limit]
+        if long:
+            log.warning(f"{len(long)} source sentence(s) longer than {limit} tokens truncated to {limit} "
+                        f"(the first: sentence {long[0]}, {len(src_ids[long[0]])} tokens)")
+        return [s[:limit] for s in src_ids]
+
     def translate_tokens(self, sentences: list[str], beam_size: int = 1, batch_size: int = 64) -> list[Translation]:
-        """Translate and keep the tokens and attention matrices (see :class:`Translation`)."""
+        """Translate and keep the tokens and attention matrices (see :class:`Translation`).
+
+        Raises:
+          ValueError: as :meth:`translate`.
+        """
+        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+            raise ValueError(f"beam_size={beam_size!r}: must be an integer of at least 1 (1 is greedy decoding)")
         p = self.pipeline
-        src_ids = p.encode_source(sentences)
+        src_ids = self.encode_source(sentences)
         order = np.argsort([len(s) for s in src_ids], kind="stable")
         out: list[Translation | None] = [None] * len(sentences)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = collate(src_ids, [[] for _ in src_ids], idx, batch_size, self.config.data.length_multiple)
+        rows = max(1, min(batch_size, len(order)))  # a few sentences are not padded to a full batch
+        for start in range(0, len(order), rows):
+            idx = order[start : start + rows]
+            batch = collate(src_ids, [[] for _ in src_ids], idx, rows, self.config.data.length_multiple)
             max_length = min(2 * batch["src"].shape[1] + 8, getattr(self.config.model, "max_length", np.inf))
             tokens, weights = jax.device_get(self._decode(self.params, batch, beam_size, max_length))
             for row, i in enumerate(idx):
@@ -83,12 +125,16 @@ class Translator:
         """Translate raw sentences.
 
         Args:
-          sentences: source-language text, untokenized.
+          sentences: a list of source-language sentences, untokenized. A sentence longer than
+            :attr:`max_source_length` tokens is truncated to it, with one log line (``zoo``).
           beam_size: 1 for greedy decoding, else beam search with this many beams.
 
         Returns:
           ``(hypotheses, attentions)``: detokenized translations, and per sentence the attention
           matrix (target tokens incl. <eos>) × (source tokens incl. <eos>).
+
+        Raises:
+          ValueError: ``sentences`` is a bare string or holds a non-string; ``beam_size`` < 1.
         """
         results = self.translate_tokens(sentences, beam_size)
         return [r.text for r in results], [r.attention for r in results]
@@ -104,21 +150,29 @@ def _heads(weights: np.ndarray) -> np.ndarray:
 def load(workdir, step: int | None = None) -> Translator:
     """Load a trained model from its workdir, with no knowledge of its structure needed.
 
+    The model is built abstractly (``nnx.eval_shape``: shapes only, no initialisation) and only
+    its parameters and step are read from the checkpoint, never the optimizer state. A damaged
+    step is skipped for the next intact one (one log line; see :mod:`zoo.checkpoint`). Nothing
+    in the workdir is written or locked, so loading may run beside training.
+
     Args:
       workdir: a folder written by ``train.py`` / :func:`zoo.training.train`.
-      step: a saved step; default the best-validation checkpoint (else the latest).
+      step: a saved step; default the best-validation checkpoint (else the latest intact one).
 
     Raises:
-      ZooError: not a workdir, no such checkpoint, or parameters that do not fit the config.
+      ZooError: not a workdir, a damaged ``config.json`` or vocabulary (naming the file), a
+        vocabulary that does not fit the config, no (intact) checkpoint, or parameters that do
+        not fit the config.
     """
     workdir = Path(workdir)
     config = read_config(workdir)
-    pipeline = TextPipeline.load(config.data, workdir)
-    graphdef, state = init_state(build(config.model_name, config.model), make_optimizer(config.train))
-    store = CheckpointStore(workdir, read_only=True)
+    sizes = (config.model.src_vocab_size, config.model.tgt_vocab_size)
+    pipeline = TextPipeline.load(config.data, workdir, vocab_sizes=sizes)
     try:
-        best = store.best.latest_step() is not None and (step is None or step in store.best.all_steps())
-        state, _ = store.restore(state, step=step, best=best)
-    finally:
-        store.close()
-    return Translator(config, pipeline, graphdef, state["params"], int(state["step"]))
+        model = nnx.eval_shape(lambda: build(config.model_name, config.model))
+    except ValueError as e:
+        raise ZooError(f"{workdir / CONFIG_FILE}: model {config.model_name!r}: {e}") from None
+    graphdef, params = nnx.split(model)
+    target = {"params": nnx.to_pure_dict(params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    state, _ = CheckpointStore(workdir, read_only=True).restore(target, step=step, best=True)
+    return Translator(config, pipeline, graphdef, jax.device_put(state["params"]), int(state["step"]))

@@ -6,6 +6,7 @@ from pathlib import Path
 from zoo.config import DataConfig
 from zoo.data.tokenize import Tokenizer
 from zoo.data.vocab import Vocab
+from zoo.errors import ZooError
 
 
 @dataclass
@@ -26,14 +27,26 @@ class TextPipeline:
         return cls(src_tok, tgt_tok, src_vocab, tgt_vocab)
 
     @classmethod
-    def load(cls, data: DataConfig, directory) -> "TextPipeline":
+    def load(cls, data: DataConfig, directory, vocab_sizes: tuple[int, int] | None = None) -> "TextPipeline":
+        """The pipeline saved in ``directory`` by :meth:`save`.
+
+        Args:
+          data: the data config (languages, lowercasing) the vocabularies were built with.
+          directory: the folder holding ``src_vocab.json`` and ``tgt_vocab.json``.
+          vocab_sizes: ``(src_vocab_size, tgt_vocab_size)`` of the model the vocabularies must
+            fit (from the workdir's ``config.json``), or None for no check.
+
+        Raises:
+          ZooError: a vocabulary file is missing or damaged, or its size differs from ``vocab_sizes``
+            (an edited or foreign file would shift every token id), naming the file.
+        """
         directory = Path(directory)
-        return cls(
-            Tokenizer(data.src_lang, data.lowercase),
-            Tokenizer(data.tgt_lang, data.lowercase),
-            Vocab.load(directory / cls.FILES[0]),
-            Vocab.load(directory / cls.FILES[1]),
-        )
+        vocabs = [Vocab.load(directory / name) for name in cls.FILES]
+        for name, vocab, size, side in zip(cls.FILES, vocabs, vocab_sizes or (None, None), ("src", "tgt")):
+            if size is not None and len(vocab) != size:
+                raise ZooError(f"{directory / name}: {len(vocab)} tokens, but the model was built for "
+                               f"{side}_vocab_size={size}; the file was edited or belongs to another workdir")
+        return cls(Tokenizer(data.src_lang, data.lowercase), Tokenizer(data.tgt_lang, data.lowercase), *vocabs)
 
     def save(self, directory) -> None:
         self.src_vocab.save(Path(directory) / self.FILES[0])

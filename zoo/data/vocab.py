@@ -2,7 +2,8 @@
 
 import json
 from collections import Counter
-from pathlib import Path
+
+from zoo.errors import ZooError, read_json, write_text
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -39,8 +40,22 @@ class Vocab:
         return out
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.itos, ensure_ascii=False))
+        """Write the tokens as a JSON list (atomically; ZooError naming ``path`` if it cannot)."""
+        write_text(path, json.dumps(self.itos, ensure_ascii=False))
 
     @classmethod
     def load(cls, path) -> "Vocab":
-        return cls(json.loads(Path(path).read_text()))
+        """Read a vocabulary written by :meth:`save`.
+
+        Raises:
+          ZooError: the file is missing, not JSON (e.g. truncated), not a list of distinct strings,
+            or does not start with the special tokens; naming the file.
+        """
+        tokens = read_json(path)
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ZooError(f"{path}: not a vocabulary (a JSON list of token strings)")
+        if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
+            raise ZooError(f"{path}: a vocabulary starts with {list(SPECIALS)}, this one with {tokens[: len(SPECIALS)]}")
+        if len(set(tokens)) != len(tokens):
+            raise ZooError(f"{path}: token {next(t for t, c in Counter(tokens).items() if c > 1)!r} appears twice")
+        return cls(tokens)
