@@ -69,19 +69,20 @@ logging.getLogger("absl").addFilter(_NoOrbaxTracebacks())
 
 
 def _check_keys(path, section: str, raw, expected: set) -> None:
-    """Raise naming the first missing or unknown key of one section of ``config.json``."""
+    """Raise naming the first unknown key of one section of ``config.json``. A missing key takes
+    its default: workdirs written before a field existed still load."""
     if not isinstance(raw, dict):
         raise ZooError(f"{path}: {section} must be a JSON object, not {type(raw).__name__}")
-    for problem, keys in (("is not a known field", set(raw) - expected), ("is missing", expected - set(raw))):
-        if keys:
-            raise ZooError(f"{path}: {section}{sorted(keys)[0]} {problem}; truncated or hand-edited?")
+    unknown = set(raw) - expected
+    if unknown:
+        raise ZooError(f"{path}: {section}{sorted(unknown)[0]} is not a known field; truncated or hand-edited?")
 
 
 def read_config(workdir) -> Config:
     """The workdir's ``config.json``.
 
     Raises:
-      ZooError: no such file, not JSON, a missing or unknown field, an unknown model or a value
+      ZooError: no such file, not JSON, an unknown field, an unknown model or a value
         the config refuses; naming the file (and the field).
     """
     path = Path(workdir) / CONFIG_FILE

@@ -31,7 +31,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from zoo.checkpoint import CheckpointStore, write_or_check_config
+from zoo.checkpoint import CheckpointStore, WorkdirLock, read_config, write_or_check_config
 from zoo.compilation import CompileCounter
 from zoo.config import Config, TrainConfig
 from zoo.data.batching import BatchSpec, batch_order, collate, token_batches
@@ -319,13 +319,12 @@ class Run:
         return batch_order(src_lengths, t.batch_size, t.seed, epoch)
 
 
-def prepare(config: Config, workdir, data_dir=None) -> Run:
-    """Read the data, make or load the vocabularies, build the model and check or write the
-    workdir's config and vocabularies.
+def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
+    """Read the data, make or load the vocabularies and build the model; writes nothing.
 
     Raises:
-      ZooError: bad data files, a model config the model refuses, a batch that does not split
-        over the devices, or a workdir made with another config.
+      ZooError: bad data files or vocabularies, a model config the model refuses, or a batch
+        that does not split over the devices.
     """
     workdir = Path(workdir).absolute()
     d, t = config.data, config.train
@@ -334,8 +333,11 @@ def prepare(config: Config, workdir, data_dir=None) -> Run:
                        f"use a multiple of {jax.device_count()}")
     train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
     val_src, val_tgt = load_split(d.dataset, "val", d.src_lang, d.tgt_lang, data_dir)
-    has_vocab = (workdir / TextPipeline.FILES[0]).exists()  # a workdir that was started before
-    pipeline = TextPipeline.load(d, workdir) if has_vocab else TextPipeline.build(d, train_src, train_tgt)
+    if (workdir / TextPipeline.FILES[0]).exists():  # a workdir that was started before
+        saved = read_config(workdir).model
+        pipeline = TextPipeline.load(d, workdir, (saved.src_vocab_size, saved.tgt_vocab_size))
+    else:
+        pipeline = TextPipeline.build(d, train_src, train_tgt)
     vocab_sizes = {"src_vocab_size": len(pipeline.src_vocab), "tgt_vocab_size": len(pipeline.tgt_vocab)}
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, **vocab_sizes))
     try:
@@ -349,10 +351,15 @@ def prepare(config: Config, workdir, data_dir=None) -> Run:
             run.plan(0)
         except ValueError as e:
             raise ZooError(f"--batch-tokens: {e}") from None
-    write_or_check_config(workdir, config)
-    if not has_vocab:
-        pipeline.save(workdir)
-    return run
+    return run, pipeline
+
+
+def write_workdir(run: Run, pipeline: TextPipeline) -> None:
+    """Write ``config.json`` and the vocabularies into a new workdir; in a used one, check that
+    its config is this run's (:func:`zoo.checkpoint.write_or_check_config`)."""
+    write_or_check_config(run.workdir, run.config)
+    if not (run.workdir / TextPipeline.FILES[0]).exists():
+        pipeline.save(run.workdir)
 
 
 class Trainer:
@@ -366,7 +373,7 @@ class Trainer:
         self.pos, key = Position(), jax.random.key(t.seed)
         if self.store.latest_step() is not None:
             state, meta = self.store.restore(state)
-            self.pos = Position(int(state["step"]), meta["epoch"], meta["batch"], meta["best_val_loss"])
+            self.pos = Position(int(state["step"]), meta["epoch"], meta["batch"], self.store.best_val_loss)
             key = jax.random.wrap_key_data(np.asarray(meta["rng_key"], np.uint32))
         self.batch_sharding, replicated = data_parallel()
         self.state, self.key = jax.device_put(state, replicated), jax.device_put(key, replicated)
@@ -454,11 +461,14 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
 
     Raises:
       ZooError: bad data files, a model config the model refuses, a workdir made with another
-        config, or a non-finite loss or gradient norm (nothing is saved then).
+        config or in use by another trainer (its PID named), a workdir that cannot be written,
+        or a non-finite loss or gradient norm (nothing is saved then).
     """
     start, val_loss = time.time(), None
-    with CompileCounter() as compiles, StopSignal() as stop:
-        trainer = Trainer(prepare(config, workdir, data_dir), progress)
+    run, pipeline = prepare(config, workdir, data_dir)
+    with WorkdirLock(run.workdir), CompileCounter() as compiles, StopSignal() as stop:
+        write_workdir(run, pipeline)
+        trainer = Trainer(run, progress)
         t, p = config.train, trainer.pos
         try:
             while p.epoch < t.epochs and p.step < trainer.total_steps and not stop.signal:
