@@ -3,6 +3,7 @@ exit code, the one-line message and what the workdir holds."""
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -41,9 +42,9 @@ def start(workdir: Path, data: Path, cache: Path, *extra: str) -> subprocess.Pop
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_the_current_step_and_the_rerun_continues_bit_for_bit(tmp_path, data, signum):
     cache, workdir = tmp_path / "cache", tmp_path / "run"
-    full = start(tmp_path / "full", data, cache, "--max-steps", "40")  # 60 steps an epoch: no validation
+    full = start(tmp_path / "full", data, cache, "--max-steps", "150")  # 60 steps an epoch
     assert full.wait(timeout=300) == 0, full.stderr.read()
-    run = start(workdir, data, cache, "--max-steps", "40")
+    run = start(workdir, data, cache, "--max-steps", "150")
     deadline = time.time() + 300
     while not (workdir / "metrics.jsonl").exists() or len(step_losses(workdir)) < 3:  # in the loop, past compilation
         assert run.poll() is None and time.time() < deadline, run.stderr.read()
@@ -56,9 +57,9 @@ def test_a_signal_saves_the_current_step_and_the_rerun_continues_bit_for_bit(tmp
     assert time.time() - sent < 30
     saved = int(out.split("saved step ")[1].split(",")[0])
     assert f"saved step {saved}, stopping on {signal.Signals(signum).name}" in out
-    assert 3 <= saved < 40 and (workdir / "checkpoints" / str(saved)).is_dir()
+    assert 3 <= saved < 150 and (workdir / "checkpoints" / str(saved)).is_dir()
     assert [s for s, _ in step_losses(workdir)] == list(range(1, saved + 1))
-    rerun = start(workdir, data, cache, "--max-steps", "40")
+    rerun = start(workdir, data, cache, "--max-steps", "150")
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
     assert step_losses(workdir) == step_losses(tmp_path / "full")  # bit for bit
 
@@ -91,3 +92,24 @@ def test_bad_flags_are_refused_before_anything_is_written(tmp_path, data, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_a_second_trainer_is_refused_and_kill_9_leaves_a_resumable_workdir(tmp_path, data, capsys):
+    cache, workdir = tmp_path / "cache", tmp_path / "run"
+    flags = ["--max-steps", "150", "--checkpoint-every", "7"]
+    full = start(tmp_path / "full", data, cache, *flags)
+    assert full.wait(timeout=300) == 0, full.stderr.read()
+    run = start(workdir, data, cache, *flags)
+    deadline = time.time() + 300
+    while not (workdir / "metrics.jsonl").exists() or len(step_losses(workdir)) < 10:
+        assert run.poll() is None and time.time() < deadline, run.stderr.read()
+        time.sleep(0.05)
+    assert train.main(["--workdir", str(workdir), "--data-dir", str(data), *TINY, *flags]) == 2
+    assert f"process {run.pid} is training in this workdir" in capsys.readouterr().err
+    time.sleep(random.Random(0).uniform(0.0, 1.0))  # somewhere in the run: a step, a save, a validation
+    run.kill()
+    run.wait(timeout=60)
+    rerun = start(workdir, data, cache, *flags)  # the dead process's lock does not block
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
+    assert step_losses(workdir) == step_losses(tmp_path / "full")

@@ -260,3 +260,8 @@ def test_a_second_call_with_the_same_shapes_compiles_nothing(pipeline_and_batch,
     with CompileCounter() as second:
         calls(state)
     assert first.programs >= 2 and second.programs == 0  # the translator may have compiled in an earlier test
+
+
+def test_pairs_over_max_length_are_left_out_and_counted():
+    (src, tgt), skipped = training.within_max_length([[1] * 3, [1] * 9, [1] * 2], [[2] * 4, [2] * 2, [2] * 10], max_length=5)
+    assert (src, tgt, skipped) == ([[1] * 3], [[2] * 4], 2)

@@ -157,9 +157,10 @@ class DataConfig:
     lowercase: bool = True  # lowercase before tokenizing
     min_freq: int = 2  # rarer training tokens map to <unk>
     length_multiple: int = 8  # pad sentence batches up to a multiple of this (fewer recompilations)
+    max_length: int = 200  # training and validation pairs with a longer side (tokens + <eos>) are left out, counted in the log
 
     def __post_init__(self):
-        _at_least(self, 1, "min_freq", "length_multiple")
+        _at_least(self, 1, "min_freq", "length_multiple", "max_length")
 
 
 @dataclass(frozen=True)

@@ -308,6 +308,7 @@ class Run:
     train_ids: tuple[list, list]
     val_ids: tuple[list, list]
     model: nnx.Module
+    skipped: int = 0  # training pairs over DataConfig.max_length, left out
 
     def plan(self, epoch: int) -> list[BatchSpec]:
         """The epoch's batches: token-budget batches if ``batch_tokens`` is set, else sentence batches."""
@@ -344,14 +345,22 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
         model = build(config.model_name, config.model, seed=t.seed)
     except ValueError as e:
         raise ZooError(f"model {config.model_name!r}: {e}") from None
-    run = Run(config, workdir, (pipeline.encode_source(train_src), pipeline.encode_target(train_tgt)),
-              (pipeline.encode_source(val_src), pipeline.encode_target(val_tgt)), model)
+    train_ids, skipped = within_max_length(pipeline.encode_source(train_src), pipeline.encode_target(train_tgt), d.max_length)
+    val_ids, _ = within_max_length(pipeline.encode_source(val_src), pipeline.encode_target(val_tgt), d.max_length)
+    run = Run(config, workdir, train_ids, val_ids, model, skipped)
     if t.batch_tokens is not None:
         try:
             run.plan(0)
         except ValueError as e:
             raise ZooError(f"--batch-tokens: {e}") from None
     return run, pipeline
+
+
+def within_max_length(src_ids: list, tgt_ids: list, max_length: int) -> tuple[tuple[list, list], int]:
+    """The pairs whose source and target, each with <eos>, have at most ``max_length`` tokens, and
+    how many were left out."""
+    kept = [(s, t) for s, t in zip(src_ids, tgt_ids) if max(len(s), len(t)) + 1 <= max_length]
+    return ([s for s, _ in kept], [t for _, t in kept]), len(src_ids) - len(kept)
 
 
 def write_workdir(run: Run, pipeline: TextPipeline) -> None:
@@ -387,7 +396,11 @@ class Trainer:
         if self.pos.step == 0:
             self.log.write(event="start", step=0, num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
                            devices=str(jax.devices()), steps_per_epoch=self.steps_per_epoch,
-                           real_token_share=real_token_share(run.plan(0), run.train_ids[1], run.config.data.length_multiple))
+                           real_token_share=real_token_share(run.plan(0), run.train_ids[1], run.config.data.length_multiple),
+                           skipped_long_pairs=run.skipped)
+        if run.skipped:
+            self.bar.write(f"left out {run.skipped} training pairs longer than {run.config.data.max_length} tokens "
+                           f"(--data.max-length)")
 
     def save(self, val_loss: float | None = None) -> None:
         """A resumable checkpoint at the current position (after reading the pending metrics)."""
