@@ -8,9 +8,10 @@ arrays laid out as PyTorch's ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (transposed, so t
 with G = 1 (Elman), 4 (LSTM, gates [i, f, g, o]) or 3 (GRU, gates [r, z, n]). Every cell is
 split in two: the input half W_i x + b_i (:func:`input_projection`), which a layer computes for
 all time steps with one matrix product outside the scan, and the recurrent half
-(``*_update(params, carry, gates_x)``), which runs inside it. :func:`recurrent` unrolls a cell
-over a sequence with :func:`run_rnn`, which honours ``seq_length`` so that padding never
-changes the outputs or the final carry of the real positions.
+(``*_update(params, carry, gates_x)``), which runs inside it. :func:`run_rnn` unrolls any step
+over a sequence, honouring ``seq_length`` so that padding never changes the outputs or the final
+carry of the real positions; :func:`recurrent` does the same for a named cell, with a derivative
+that computes ∂W_h after the loop (and, vmapped, over the whole batch) in one matrix product.
 
 Shapes: D input width, H hidden width, T time steps.
 """
