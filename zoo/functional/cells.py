@@ -279,6 +279,18 @@ def _hidden_product_scan(core: Callable, blocks: tuple, reverse: bool, unroll: i
     ``jax.vmap`` with shared weights (the models run one example at a time, vmapped) that last
     product contracts over batch and time at once: no per-example (H, G·H) gradient exists.
 
+    Why a JVP rule, not ``jax.custom_vjp`` (the previous version) or ``custom_vmap``: JAX vmaps a
+    custom VJP's backward pass as a black box, so its ∂W_h is per example, summed afterwards (an
+    f32[128, 512, 1536] intermediate for a GRU at batch 128); a ``custom_vmap`` rule could contract
+    over the batch, but ``custom_vmap`` has no reverse mode of its own, and a batched backward
+    rule that returned the batch's sum would be wrong under ``vmap(grad)`` (per-example
+    gradients). A tangent whose weight term is a product outside the loop lets JAX's own
+    linearisation, transposition and batching place the contraction, correct in any order of
+    ``grad``, ``vmap`` and ``jvp`` (forward mode works too). Measured forward+backward, vmapped,
+    CPU seconds on a loaded 2-core machine: B=128, T=24, D=256, H=512: LSTM 0.63 s (plain
+    autodiff 0.50 s, the custom VJP 2.2 s); B=4, T=512, D=H=256: LSTM 0.17 s (plain 0.23 s,
+    custom VJP 0.14 s), GRU 0.13 s (0.16 s, 0.13 s).
+
     Padding steps (``mask`` False) keep the carry and output zeros, as in :func:`run_rnn`;
     ``mask`` gets no tangent. ``unroll`` is ``lax.scan``'s (steps per loop iteration).
     """
