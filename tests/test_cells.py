@@ -215,56 +215,91 @@ def _plain_recurrent(cell, params, xs, n, carry, reverse, reset_after):
     return cells.run_rnn(lambda c, g: update(params, c, g), carry, cells.input_projection(params, xs), n, reverse)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_recurrent_custom_vjp_equals_plain_autodiff(cell):
-    """Elman, LSTM and the reset-after GRU run through the scan whose backward pass computes ∂W_h
-    after the loop: values and gradients (params, xs, initial carry) equal plain autodiff of
-    run_rnn, both directions, with padding, for one sequence and vmapped over lengths 5, 3, 1."""
+@pytest.mark.parametrize("cell,reset_after", [("rnn", True), ("lstm", True), ("gru", True), ("gru", False)])
+def test_recurrent_derivative_batched_equals_per_example_and_plain_autodiff(cell, reset_after):
+    """The custom derivative of the recurrent scan, on a padded batch (lengths 5, 3, 1), both
+    directions: the gradient of the vmapped loss (∂W_h one product over batch and time) equals the
+    per-example gradients (vmap of grad) summed, to 1e-6, and plain autodiff of run_rnn; the
+    program holds no per-example (H, block) weight gradient; values, forward-mode derivatives and
+    ``unroll=2`` agree too."""
     D, H, T, L = 3, 2, 5, 3
-    assert cells._hidden_product_core(cell, True) is not None
     params = _random_params(40, cell, D, H)
-    xs = jnp.concatenate([_normal(41, (L, D)), _normal(42, (T - L, D), 50.0)])
-    carry0 = _random_carry(43, cell, H)
-    w_out, w_last = _normal(44, (T, H)), _normal(45, (H,))
-    batch_xs = jnp.stack([xs, _normal(46, (T, D)), _normal(47, (T, D))])
-    batch_carry = jax.tree.map(lambda c: jnp.stack([c, -c, 0.5 * c]), carry0)
+    xs = jnp.stack([_normal(41, (T, D)), jnp.concatenate([_normal(42, (L, D)), _normal(43, (T - L, D), 50.0)]),
+                    jnp.concatenate([_normal(44, (1, D)), _normal(45, (T - 1, D), 50.0)])])  # garbage at padding
     lengths = jnp.array([T, L, 1])
+    c0 = _random_carry(46, cell, H)
+    carries = jax.tree.map(lambda c: jnp.stack([c, -c, 0.5 * c]), c0)
+    w_out, w_last = _normal(47, (T, H)), _normal(48, (H,))
+    d_params = _random_params(49, cell, D, H)  # a tangent for the forward-mode check
 
-    def loss(run, reverse, params, xs, n, carry):  # every output and carry entry with its own weight
-        last, hs = run(cell, params, xs, n, carry, reverse, True)
-        return jnp.sum(hs * w_out) + sum(jnp.sum(c * w_last) for c in jax.tree.leaves(last))
+    def loss(run, reverse, p, x, n, c):  # every output and carry entry with its own weight
+        last, hs = run(p, x, n, c, reverse)
+        return jnp.sum(hs * w_out) + sum(jnp.sum(a * w_last) for a in jax.tree.leaves(last))
 
-    def results(run, reverse, params, xs, carry, batch_xs, batch_carry):
-        value = run(cell, params, xs, L, carry, reverse, True)
-        grads = jax.grad(functools.partial(loss, run, reverse), argnums=(0, 1, 3))(params, xs, L, carry)
+    def batched_grad(run, reverse):
+        one = functools.partial(loss, run, reverse)
+        return jax.grad(lambda p, x, c: jnp.sum(jax.vmap(one, (None, 0, 0, 0))(p, x, lengths, c)), argnums=(0, 1, 2))
 
-        def batch_loss(p, x, c):
-            return jnp.sum(jax.vmap(lambda x1, n1, c1: loss(run, reverse, p, x1, n1, c1))(x, lengths, c))
+    def results(run, reverse):
+        values = jax.vmap(lambda p, x, n, c: run(p, x, n, c, reverse), (None, 0, 0, 0))
+        tangent = jax.jvp(lambda p: values(p, xs, lengths, carries), (params,), (d_params,))[1]
+        return values(params, xs, lengths, carries), batched_grad(run, reverse)(params, xs, carries), tangent
 
-        batch_grads = jax.grad(batch_loss, argnums=(0, 1, 2))(params, batch_xs, batch_carry)
-        batch_value = jax.vmap(lambda x1, n1, c1: run(cell, params, x1, n1, c1, reverse, True))(
-            batch_xs, lengths, batch_carry)
-        return value, grads, batch_value, batch_grads
+    custom = lambda p, x, n, c, r: cells.recurrent(cell, p, x, n, c, r, reset_after)
+    unrolled = lambda p, x, n, c, r: cells.recurrent(cell, p, x, n, c, r, reset_after, unroll=2)
+    plain = lambda p, x, n, c, r: _plain_recurrent(cell, p, x, n, c, r, reset_after)
 
     @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
-    def both(*args):
-        return [[results(run, reverse, *args) for reverse in (False, True)]
-                for run in (cells.recurrent, _plain_recurrent)]
+    def compute():
+        per_example = [jax.vmap(jax.grad(functools.partial(loss, custom, reverse), argnums=(0, 1, 3)),
+                                (None, 0, 0, 0))(params, xs, lengths, carries) for reverse in (False, True)]
+        return ([results(custom, r) for r in (False, True)], per_example, [results(plain, r) for r in (False, True)],
+                [batched_grad(unrolled, r)(params, xs, carries) for r in (False, True)])
 
-    custom, plain = both(params, xs, carry0, batch_xs, batch_carry)
-    for mine, ref in zip(custom, plain, strict=True):
-        (value, grads, batch_value, batch_grads), (value_r, grads_r, batch_value_r, batch_grads_r) = mine, ref
-        _carry_close(value, value_r, atol=1e-6)
-        _carry_close(batch_value, batch_value_r, atol=1e-6)
-        _carry_close(grads, grads_r, atol=1e-5)
-        _carry_close(batch_grads, batch_grads_r, atol=1e-5)
-        np.testing.assert_array_equal(grads[1][L:], 0.0)  # padding gets no gradient
-        np.testing.assert_array_equal(value[1][L:], 0.0)
-        assert all(float(jnp.abs(g).max()) > 1e-3 for g in jax.tree.leaves(grads))  # nothing trivially zero
+    mine, per_example, reference, unrolled_grads = compute()
+    widths = [g * H for g in cells._hidden_blocks(cell, reset_after)]
+    for reverse in (False, True):
+        program = str(jax.make_jaxpr(batched_grad(custom, reverse))(params, xs, carries))
+        assert "custom_jvp" not in program  # the derivative rule ran (no differentiation left to do)
+        for width in widths:  # no (B, H, width) block of per-example weight gradients
+            assert f"f32[3,{H},{width}]" not in program
+        (values, batched, tangent), each = mine[reverse], per_example[reverse]
+        # one contraction over the batch equals the per-example gradients summed
+        _carry_close(batched[0], jax.tree.map(lambda g: jnp.sum(g, axis=0), each[0]), atol=1e-6)
+        _carry_close(batched[1:], each[1:], atol=1e-6)  # inputs and initial carries: per example
+        _carry_close(batched, unrolled_grads[reverse], atol=1e-6)
+        values_ref, batched_ref, tangent_ref = reference[reverse]
+        _carry_close(values, values_ref, atol=1e-6)
+        _carry_close(batched, batched_ref, atol=1e-5)
+        _carry_close(tangent, tangent_ref, atol=1e-5)
+        np.testing.assert_array_equal(batched[1][1, L:], 0.0)  # padding gets no gradient
+        np.testing.assert_array_equal(values[1][1, L:], 0.0)
+        assert all(float(jnp.abs(g).max()) > 1e-3 for g in jax.tree.leaves(batched))  # nothing trivially zero
 
 
-def test_paper_gru_keeps_plain_autodiff():
-    assert cells._hidden_product_core("gru", False) is None  # its candidate reads W_h (r ⊙ h)
+def test_recurrent_nested_vmap_and_layer_unroll():
+    """Two parameter sets (outer vmap: weights batched) over one padded batch (inner vmap: weights
+    shared): the gradient is each set's own. RNNLayer(unroll=3) scans as unroll=1."""
+    D, H, T = 3, 2, 4
+    sets = [_random_params(50, "lstm", D, H), _random_params(60, "lstm", D, H)]
+    xs, lengths, w_out = _normal(70, (3, T, D)), jnp.array([T, 2, 1]), _normal(71, (T, H))
+    layers = [RNNLayer("gru", D, H, unroll=unroll, rngs=nnx.Rngs(3)) for unroll in (1, 3)]
+
+    def loss(p):
+        run = lambda x, n: cells.recurrent("lstm", p, x, n, cells.initial_carry("lstm", H))[1]
+        return jnp.sum(jax.vmap(run)(xs, lengths) * w_out[None])
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def compute(stacked, sets, layers):
+        nested = jax.grad(lambda p: jnp.sum(jax.vmap(loss)(p)))(stacked)
+        return nested, [jax.grad(loss)(p) for p in sets], [layer.scan(xs[1], 2, reverse=True) for layer in layers]
+
+    nested, each, (scan_1, scan_3) = compute(jax.tree.map(lambda *a: jnp.stack(a), *sets), sets, layers)
+    for i in range(2):
+        _carry_close(jax.tree.map(lambda g: g[i], nested), each[i], atol=1e-6)
+    assert float(jnp.abs(nested["w_h"][0] - nested["w_h"][1]).max()) > 1e-3
+    assert layers[1].unroll == 3
+    _carry_close(scan_3, scan_1, atol=1e-6)
 
 
 def test_reverse_padded_hand_example():

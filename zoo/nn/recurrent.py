@@ -29,14 +29,15 @@ class RNNLayer(nnx.Module):
       input_dim, hidden_dim: D and H.
       reset_after: GRU only: True is the cuDNN/PyTorch form, False Cho et al. (2014) as published.
       forget_bias: LSTM only: initial value of the forget gate's bias.
+      unroll: time steps per loop iteration of :meth:`scan` (``lax.scan``'s ``unroll``; same values).
     """
 
     def __init__(self, cell: str, input_dim: int, hidden_dim: int, *, reset_after: bool = True,
-                 forget_bias: float = 1.0, rngs: nnx.Rngs):
+                 forget_bias: float = 1.0, unroll: int = 1, rngs: nnx.Rngs):
         if cell not in cells.NUM_GATES:
             raise ValueError(f"unknown cell {cell!r}; choose from {', '.join(cells.NUM_GATES)}")
         gates = cells.NUM_GATES[cell]
-        self.cell, self.hidden_dim, self.reset_after = cell, hidden_dim, reset_after
+        self.cell, self.hidden_dim, self.reset_after, self.unroll = cell, hidden_dim, reset_after, unroll
         self.w_i = nnx.Param(jax.nn.initializers.glorot_uniform()(rngs.params(), (input_dim, gates * hidden_dim)))
         b_i = jnp.zeros((gates * hidden_dim,))
         if cell == "lstm":
@@ -63,7 +64,7 @@ class RNNLayer(nnx.Module):
         """Run over xs (T, D) with ``seq_length`` real steps: ``(carry_last, hs (T, H))``, hs zero at padding."""
         if carry is None:
             carry = self.initial_carry(xs.dtype)
-        return cells.recurrent(self.cell, self.params, xs, seq_length, carry, reverse, self.reset_after)
+        return cells.recurrent(self.cell, self.params, xs, seq_length, carry, reverse, self.reset_after, self.unroll)
 
 
 class Bidirectional(nnx.Module):
