@@ -3,7 +3,6 @@ checks of the workdir's files; translate's refusals. Direct calls on tiny states
 
 import errno
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -110,7 +109,8 @@ def truncate(path):
 
 
 def largest_data_file(step_dir):
-    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in p.as_posix()), key=lambda p: p.stat().st_size)
+    data_files = (p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in p.as_posix())
+    return max(data_files, key=lambda p: p.stat().st_size)
 
 
 DAMAGE = {  # name: (the file, what happens to it)
@@ -141,7 +141,8 @@ def test_no_intact_step_is_one_error_naming_each(tmp_path, caplog):
     saved(tmp_path, None, None).close()
     flip_bytes(largest_data_file(tmp_path / "checkpoints" / "2"))
     os.remove(tmp_path / "checkpoints" / "1" / "state" / "_METADATA")
-    with pytest.raises(ZooError, match=r"no intact checkpoint \(checkpoints/2/\S+: checksum mismatch .*; checkpoints/1/state/_METADATA: missing\)$"):
+    expected = r"no intact checkpoint \(checkpoints/2/\S+: checksum mismatch .*; checkpoints/1/state/_METADATA: missing\)$"
+    with pytest.raises(ZooError, match=expected):
         restored_value(tmp_path)
     assert zoo_lines(caplog) == []
 
@@ -180,7 +181,8 @@ def test_a_failed_save_is_one_error_and_keeps_the_committed_steps(tmp_path, monk
 
     monkeypatch.setattr(checkpoint, "_sha256", full_disk)  # fails inside Orbax's background save
     store.save(2, state_of(2.0, 2), {"step": 2})
-    with pytest.raises(ZooError, match=r"checkpoints/2: saving failed \(.*No space left on device.*\); the steps committed before are kept$"):
+    expected = r"checkpoints/2: saving failed \(.*No space left on device.*\); the steps committed before are kept$"
+    with pytest.raises(ZooError, match=expected):
         store.close()
     monkeypatch.undo()
     assert restored_value(tmp_path) == 1.0
@@ -229,7 +231,8 @@ def workdir(tmp_path_factory):
     """A workdir with one Adam state of a tiny Bahdanau model, at step 7 in checkpoints/ and best/."""
     workdir = tmp_path_factory.mktemp("workdir")
     data = DataConfig(min_freq=1)
-    pipeline = TextPipeline(Tokenizer("de", True), Tokenizer("en", True), Vocab([*SPECIALS, "ein", "mann", "läuft", "hund", "katze", "."]),
+    pipeline = TextPipeline(Tokenizer("de", True), Tokenizer("en", True),
+                            Vocab([*SPECIALS, "ein", "mann", "läuft", "hund", "katze", "."]),
                             Vocab([*SPECIALS, "a", "man", "runs", "dog", "."]))
     write_or_check_config(workdir, Config("bahdanau", TINY, data, TrainConfig()))
     pipeline.save(workdir)
@@ -246,7 +249,8 @@ def test_load_restores_only_parameters_into_an_abstract_model(workdir, monkeypat
     workdir, params = workdir
     targets = []
     restore = CheckpointStore.restore
-    monkeypatch.setattr(CheckpointStore, "restore", lambda self, target, **kw: targets.append(target) or restore(self, target, **kw))
+    monkeypatch.setattr(CheckpointStore, "restore",
+                        lambda self, target, **kw: targets.append(target) or restore(self, target, **kw))
     monkeypatch.setitem(sys.modules, "zoo.training", None)  # importing it now raises ...
     monkeypatch.delitem(sys.modules, "zoo.translator", raising=False)  # ... also where zoo.load imports zoo.translator afresh
     loaded = zoo.load(workdir)
@@ -304,5 +308,6 @@ def test_translate_refuses_bad_arguments_and_truncates_long_sentences(workdir, c
     assert translator.max_source_length == 255  # a recurrent model: no max_length of its own
     (long,) = translator.translate_tokens(["ein mann läuft " * 300])
     assert long.source_tokens == ["ein", "mann", "läuft"] * 85 + ["<eos>"]
-    assert zoo_lines(caplog) == ["1 source sentence(s) longer than 255 tokens truncated to 255 (the first: sentence 0, 900 tokens)"]
+    expected = "1 source sentence(s) longer than 255 tokens truncated to 255 (the first: sentence 0, 900 tokens)"
+    assert zoo_lines(caplog) == [expected]
     assert len(long.tokens) <= 2 * 256 + 8

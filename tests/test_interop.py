@@ -437,6 +437,7 @@ def test_transformer_matches_torch():
 
 def test_interop_never_imports_torch():
     import ast
+
     import zoo.interop
 
     tree = ast.parse(open(zoo.interop.__file__).read())

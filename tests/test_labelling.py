@@ -11,8 +11,15 @@ import pytest
 from compile_options import FAST_COMPILE
 from flax import nnx
 
-from zoo.models.labelling import (ClassifierConfig, SequenceClassifier, SequenceTagger, TaggerConfig,
-                                  classification_nll, tagging_correct, tagging_nll)
+from zoo.models.labelling import (
+    ClassifierConfig,
+    SequenceClassifier,
+    SequenceTagger,
+    TaggerConfig,
+    classification_nll,
+    tagging_correct,
+    tagging_nll,
+)
 
 VOCAB = 10
 MAX_LEN = 12

@@ -19,7 +19,6 @@ from zoo.functional.masks import length_mask
 from zoo.nn import Attention
 
 
-
 @pytest.fixture(autouse=True)
 def _eager():
     """Run op by op: each test is a few dozen small operations, cheaper than compiling programs for them

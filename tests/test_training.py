@@ -11,21 +11,19 @@ import pytest
 from corpus import write_tiny_multi30k
 
 import zoo
+from zoo import training
 from zoo.checkpoint import CheckpointStore, write_or_check_config
+from zoo.compilation import CompileCounter
 from zoo.config import BahdanauConfig, Config, DataConfig, TrainConfig
 from zoo.data.batching import collate
 from zoo.data.corpora import load_split
 from zoo.data.pipeline import TextPipeline
-from zoo.errors import ZooError
-from zoo.models import build
 from zoo.decoding import greedy
-from zoo import training
-from zoo.compilation import CompileCounter
+from zoo.errors import ZooError
 from zoo.flops import jaxpr_flops
+from zoo.models import build
 from zoo.training import data_parallel, example_nll, init_state, make_optimizer, make_train_step, step_key, train
 from zoo.translator import Translator
-
-
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
@@ -49,12 +47,12 @@ def pipeline_and_batch(data_dir):
     src, tgt = load_split("multi30k", "train", "de", "en", data_dir)
     pipeline = TextPipeline.build(DataConfig(min_freq=1), src, tgt)
     src_ids, tgt_ids = pipeline.encode_source(src), pipeline.encode_target(tgt)
-    model_config = BahdanauConfig(**{**TINY_MODEL.__dict__, "src_vocab_size": len(pipeline.src_vocab), "tgt_vocab_size": len(pipeline.tgt_vocab)})
+    model_config = dataclasses.replace(TINY_MODEL, src_vocab_size=len(pipeline.src_vocab), tgt_vocab_size=len(pipeline.tgt_vocab))
     return pipeline, model_config, collate(src_ids, tgt_ids, np.arange(8), 8)
 
 
 def losses(workdir):
-    records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r]
 
 
@@ -143,14 +141,15 @@ def test_restoring_into_another_config_names_parameter_and_shapes(saved_workdir,
     config = json.loads((other / "config.json").read_text())
     config["model"]["hidden_dim"] = 32
     (other / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ZooError, match=r"checkpoint parameter \S+ has shape \(\d+(, \d+)?\) but the model expects \(\d+(, \d+)?\)"):
+    shape = r"\(\d+(, \d+)?\)"
+    with pytest.raises(ZooError, match=rf"checkpoint parameter \S+ has shape {shape} but the model expects {shape}"):
         zoo.load(other)
 
 
 def test_workdir_refuses_another_config(tmp_path, data_dir):
     train(tiny_config(max_steps=1), tmp_path, data_dir, progress=False)
     before = (tmp_path / "config.json").read_text()
-    bigger = Config("bahdanau", BahdanauConfig(**{**TINY_MODEL.__dict__, "hidden_dim": 32}), DataConfig(min_freq=1), tiny_config().train)
+    bigger = Config("bahdanau", dataclasses.replace(TINY_MODEL, hidden_dim=32), DataConfig(min_freq=1), tiny_config().train)
     with pytest.raises(ZooError, match=r"model\.hidden_dim=16, not 32"):
         train(bigger, tmp_path, data_dir, progress=False)
     assert (tmp_path / "config.json").read_text() == before
@@ -205,7 +204,7 @@ def test_loop_reads_the_device_once_per_log_interval(tmp_path, data_dir, monitor
         result = train(tiny_config(max_steps=8, log_every=4, checkpoint_every=100), tmp_path, data_dir, progress=False)
     assert result["step"] == 8
     assert [len(pending) for pending in monitoring_reads] == [4, 2, 2]
-    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     intervals = [r for r in records if r.get("event") == "interval"]
     assert [(r["step"], r["steps"]) for r in intervals] == [(4, 4), (6, 2), (8, 2)]
     for r in intervals:
@@ -236,7 +235,8 @@ def test_step_flops_count_matrix_products_and_scan_iterations():
 
     jaxpr = jax.make_jaxpr(f)(jnp.ones((4, 8)), jnp.ones((8, 8)))
     assert jaxpr_flops(jaxpr) == 6 * 2 * 4 * 8 * 8
-    conv = jax.make_jaxpr(lambda x, k: jax.lax.conv_general_dilated(x, k, (1,), "SAME"))(jnp.ones((2, 3, 10)), jnp.ones((5, 3, 4)))
+    conv = jax.make_jaxpr(lambda x, k: jax.lax.conv_general_dilated(x, k, (1,), "SAME"))(jnp.ones((2, 3, 10)),
+                                                                                       jnp.ones((5, 3, 4)))
     assert jaxpr_flops(conv) == 2 * (2 * 5 * 10) * (3 * 4)  # outputs × (C_in · k)
 
 

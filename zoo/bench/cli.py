@@ -82,7 +82,6 @@ def main(argv=None) -> int:
             if "train" in args.studies:
                 from zoo.bench import throughput
                 from zoo.bench.peer_torch import TorchSeq2SeqPeer
-
                 from zoo.models import list_models
 
                 unknown = [m for m in args.models or () if m not in list_models()]
