@@ -42,7 +42,7 @@ def test_train_writes_a_complete_workdir(trained):
     _, workdir = trained
     names = {p.name for p in workdir.iterdir()}
     assert {"config.json", "src_vocab.json", "tgt_vocab.json", "metrics.jsonl", "checkpoints"} <= names
-    steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines() if "loss" in line]
     assert steps == [1, 2, 3]
     assert json.loads((workdir / "config.json").read_text())["model"]["hidden_dim"] == 8
 
@@ -94,8 +94,10 @@ def test_evaluate_mismatched_files(trained, tmp_path, capsys):
     "damage, message",
     [
         (lambda d: (d / "multi30k" / "train.de.gz").unlink(), r"train\.de\.gz: (no such file|missing, and downloading)"),
-        (lambda d: (d / "multi30k" / "val.en.gz").write_bytes(gzip.compress(b"one line\n")), r"val\.de\.gz has 8 lines but \S+val\.en\.gz has 1"),
-        (lambda d: (d / "multi30k" / "train.en.gz").write_bytes(gzip.compress(b"ok\n\xff\xfe\n")), r"train\.en\.gz:2: invalid UTF-8"),
+        (lambda d: (d / "multi30k" / "val.en.gz").write_bytes(gzip.compress(b"one line\n")),
+         r"val\.de\.gz has 8 lines but \S+val\.en\.gz has 1"),
+        (lambda d: (d / "multi30k" / "train.en.gz").write_bytes(gzip.compress(b"ok\n\xff\xfe\n")),
+         r"train\.en\.gz:2: invalid UTF-8"),
         (lambda d: (d / "multi30k" / "train.en.gz").write_bytes(gzip.compress(b"")), r"train\.en\.gz: file is empty"),
     ],
 )

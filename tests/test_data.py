@@ -108,7 +108,8 @@ def test_batch_order_covers_every_example_once_and_is_deterministic():
     assert [b.tolist() for b in order] == [spec.indices.tolist() for spec in batch_order(lengths, 32, seed=1, epoch=0, pool=4)]
     assert [b.tolist() for b in order] != [spec.indices.tolist() for spec in batch_order(lengths, 32, seed=1, epoch=1, pool=4)]
     # bucketing: a batch spans far fewer lengths than a random batch would
-    assert np.mean([np.ptp(lengths[b]) for b in order]) < 0.5 * np.mean([np.ptp(lengths[b]) for b in np.array_split(np.arange(1000), 32)])
+    random_batches = np.array_split(np.arange(1000), 32)
+    assert np.mean([np.ptp(lengths[b]) for b in order]) < 0.5 * np.mean([np.ptp(lengths[b]) for b in random_batches])
 
 
 def test_bucket_length_follows_the_bucket_table():
@@ -153,7 +154,7 @@ TATOEBA = SHARED.parent / "tatoeba-eng-fra" / "fra.txt.gz"
 def _tatoeba_dir(tmp_path, lines: list[str]) -> Path:
     """A data directory holding a hand-made Tatoeba file of ``lines``."""
     (tmp_path / "tatoeba-eng-fra").mkdir()
-    (tmp_path / "tatoeba-eng-fra" / "fra.txt.gz").write_bytes(gzip.compress("".join(f"{l}\n" for l in lines).encode()))
+    (tmp_path / "tatoeba-eng-fra" / "fra.txt.gz").write_bytes(gzip.compress("".join(f"{line}\n" for line in lines).encode()))
     return tmp_path
 
 

@@ -49,7 +49,8 @@ def test_beam_finds_the_more_probable_hypothesis_that_greedy_misses():
 
 
 def test_beam_of_one_is_greedy_on_a_real_model():
-    model = build("bahdanau", src_vocab_size=20, tgt_vocab_size=15, embed_dim=8, hidden_dim=8, attention_dim=8, maxout_dim=8, seed=1)
+    model = build("bahdanau", src_vocab_size=20, tgt_vocab_size=15, embed_dim=8, hidden_dim=8, attention_dim=8, maxout_dim=8,
+                  seed=1)
     memory = model.encode(jnp.array([5, 9, 7, EOS_ID, 0, 0], jnp.int32), jnp.int32(4))
     g_tokens, _, g_weights = greedy(model, memory, 7)
     b_tokens, b_weights = beam_search(model, memory, beam_size=1, max_length=7)
@@ -60,7 +61,8 @@ def test_beam_of_one_is_greedy_on_a_real_model():
 
 
 def test_decode_reading_every_reference_token_is_teacher_forcing():
-    model = build("bahdanau", src_vocab_size=20, tgt_vocab_size=15, embed_dim=8, hidden_dim=8, attention_dim=8, maxout_dim=8, seed=2)
+    model = build("bahdanau", src_vocab_size=20, tgt_vocab_size=15, embed_dim=8, hidden_dim=8, attention_dim=8, maxout_dim=8,
+                  seed=2)
     src, tgt_in = jnp.array([5, 9, 7, EOS_ID], jnp.int32), jnp.array([BOS_ID, 6, 11, 4, 9], jnp.int32)
     expected_logits, expected_weights = model(src, jnp.int32(4), tgt_in)
     memory = model.encode(src, jnp.int32(4))

@@ -237,7 +237,8 @@ class _StepFolder:
         self.manager = ocp.CheckpointManager(
             directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=False, async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest)
+                max_to_keep=max_to_keep, create=False,
+                async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest)
             ),
             item_handlers={name: handler() for name, handler in self.ITEMS.items()},
         )
@@ -314,7 +315,8 @@ class _StepFolder:
                 self.manager.delete(step)
             self.manager.save(step, args=args, force=True)
         except Exception as e:
-            raise ZooError(f"{self.directory / str(step)}: cannot save ({_first_line(e)}); the steps committed before are kept") from None
+            raise ZooError(f"{self.directory / str(step)}: cannot save ({_first_line(e)}); "
+                           "the steps committed before are kept") from None
 
     def wait(self) -> None:
         """Block until the save in flight has committed.

@@ -25,7 +25,8 @@ def read_json(path):
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ZooError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); truncated or hand-edited?") from None
+        raise ZooError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                       "truncated or hand-edited?") from None
 
 
 def write_text(path, text: str) -> None:

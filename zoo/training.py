@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from zoo.checkpoint import CheckpointStore, WorkdirLock, read_config, write_or_check_config
@@ -199,7 +200,7 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int, bar, peak: float):
         self.path, self.bar, self.peak = path, bar, peak
         if path.exists():
-            path.write_text("".join(l + "\n" for l in self._kept_lines(resume_step)))
+            path.write_text("".join(line + "\n" for line in self._kept_lines(resume_step)))
         self.file = path.open("a")
         self.pending, self.interval_flops, self.clock = [], 0.0, time.perf_counter()
 
@@ -391,7 +392,8 @@ class Trainer:
         self.steps_per_epoch = len(run.plan(0))
         self.total_steps = min(t.epochs * self.steps_per_epoch, t.max_steps or math.inf)
         self.bar = tqdm(total=self.total_steps, initial=self.pos.step, disable=not progress, unit="step", dynamic_ncols=True)
-        self.log = MetricsLog(run.workdir / "metrics.jsonl", self.pos.step, self.bar, peak_flops(jax.devices()[0], getattr(run.config.model, "dtype", "float32")))
+        peak = peak_flops(jax.devices()[0], getattr(run.config.model, "dtype", "float32"))
+        self.log = MetricsLog(run.workdir / "metrics.jsonl", self.pos.step, self.bar, peak)
         self.flops_by_shape: dict = {}
         if self.pos.step == 0:
             self.log.write(event="start", step=0, num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),

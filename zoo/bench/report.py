@@ -67,7 +67,8 @@ def targets(results: dict) -> list[dict]:
                                f"fit over n in [{fit['x_min']:.0f}, {fit['x_max']:.0f}]" if fit else "blocked attention"))
         for kind in ("lstm", "gru"):
             for pass_ in ("forward", "train"):
-                out.append(_range_target(f"{kind} {pass_} time ~ d^b", _fit(fits, f"{kind}/{pass_} time", "d"), *RECURRENT_D_RANGE))
+                fit = _fit(fits, f"{kind}/{pass_} time", "d")
+                out.append(_range_target(f"{kind} {pass_} time ~ d^b", fit, *RECURRENT_D_RANGE))
         out.extend(_peer_targets(rows, sizes))
         out.append(_gpu_target(rows, results["setting"], sizes))
     return out
@@ -97,7 +98,8 @@ def _gpu_target(rows: list, setting: dict, sizes: dict) -> dict:
     if setting["platform"] != "gpu" or setting["dtype"] != "bfloat16" or sizes["head_dim"] != GPU_HEAD_DIM or not fractions:
         return {"name": name, "value": None, "target": f">= {GPU_PEAK_FRACTION}", "met": None,
                 "note": f"needs an NVIDIA GPU of known peak, --dtype bfloat16, n >= {GPU_MIN_N}, d_head = {GPU_HEAD_DIM}"}
-    return {"name": name, "value": max(fractions), "target": f">= {GPU_PEAK_FRACTION}", "met": max(fractions) >= GPU_PEAK_FRACTION,
+    return {"name": name, "value": max(fractions), "target": f">= {GPU_PEAK_FRACTION}",
+            "met": max(fractions) >= GPU_PEAK_FRACTION,
             "note": f"{setting['device_kind']}, best over n >= {GPU_MIN_N}"}
 
 

@@ -299,5 +299,6 @@ def throughput_table(results: dict) -> str:
                      f"tokens, {b['shapes']} shapes, {b['batches']} batches an epoch")
     for t in results["targets"]:
         value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
-        lines.append(f"target {t['name']}: {value} (want {t['target']}) {'met' if t['met'] else 'NOT met' if t['met'] is False else ''}")
+        verdict = {True: "met", False: "NOT met", None: ""}[t["met"]]
+        lines.append(f"target {t['name']}: {value} (want {t['target']}) {verdict}")
     return "\n".join(lines)

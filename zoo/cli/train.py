@@ -34,7 +34,7 @@ class RunOptions:
     workdir: str  # checkpoints, config, vocabularies and metrics go here
     data_dir: str | None = None  # corpora root (default: $ZOO_DATA_DIR, else ~/.cache/zoo/data)
     progress: bool = True  # show the progress bar
-    compilation_cache: str | None = None  # JAX's compilation cache folder (default: $ZOO_COMPILATION_CACHE, else ~/.cache/zoo/jax; off: none)
+    compilation_cache: str | None = None  # JAX's compilation cache (default: $ZOO_COMPILATION_CACHE, else ~/.cache/zoo/jax; off)
 
 
 def _pop(argv: list[str], flag: str) -> str | None:
