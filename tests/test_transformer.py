@@ -53,7 +53,7 @@ def _teacher_forced(name):
     """(logits, weights) on the unpadded and the padded source."""
     model = _model(name)
     with jax.disable_jit():
-        outs = [model(_i32(src), jnp.int32(L), _i32(TGT_IN)) for src in (SRC, SRC_PADDED)]
+        outs = [model(_i32(src), jnp.int32(L), _i32(TGT_IN), return_weights=True) for src in (SRC, SRC_PADDED)]
     return [tuple(np.asarray(a) for a in out) for out in outs]
 
 
@@ -78,7 +78,7 @@ def test_the_decoder_ignores_the_future(name):
     changed = TGT_IN.copy()
     changed[2] = 11
     with jax.disable_jit():
-        logits_changed, weights_changed = model(_i32(SRC), jnp.int32(L), _i32(changed))
+        logits_changed, weights_changed = model(_i32(SRC), jnp.int32(L), _i32(changed), return_weights=True)
     np.testing.assert_array_equal(logits_changed[:2], logits[:2])  # bit-identical before position 2
     np.testing.assert_array_equal(weights_changed[:2], weights[:2])
     assert np.abs(np.asarray(logits_changed[2:]) - logits[2:]).max() > 1e-4  # sanity: the change is read
