@@ -185,9 +185,19 @@ def fused_attention(query, key, value, key_length=None, causal: bool = False, bi
     if bias is not None:
         bias = bias.astype(query.dtype if implementation == "cudnn" else jnp.float32)
     lengths = None if key_length is None else jnp.asarray(key_length, jnp.int32)
-    kernel = _standard_promotion(lambda q, k, v, b, n: jax.nn.dot_product_attention(
-        q, k, v, b, is_causal=causal, key_value_seq_lengths=n, implementation=implementation))
-    output = kernel(query, key, value, bias, lengths)
+    query_lengths = None
+    if implementation == "cudnn":
+        # JAX's cuDNN batching rule wants query, keys, values and lengths all batched under jax.vmap or
+        # none (a decoder's cached keys are batched while its first query may not be; a constant length
+        # is not): tie them by adding zeros (B,) that depend on each of them. All Tq queries count.
+        rows = [x[:, 0, 0, 0] for x in (query, key, value)] + ([] if lengths is None else [lengths])
+        tie = sum(jnp.where(jnp.isfinite(row), 0, 0) for row in rows).astype(jnp.int32)
+        query, key, value = (x + tie.astype(x.dtype)[:, None, None, None] for x in (query, key, value))
+        if lengths is not None:
+            query_lengths, lengths = tie + query.shape[-3], tie + lengths
+    kernel = _standard_promotion(lambda q, k, v, b, n, m: jax.nn.dot_product_attention(
+        q, k, v, b, is_causal=causal, query_seq_lengths=m, key_value_seq_lengths=n, implementation=implementation))
+    output = kernel(query, key, value, bias, lengths, query_lengths)
     if lengths is not None:
         output = jnp.where((lengths > 0)[..., None, None, None], output, jnp.zeros_like(output))
     return output[0] if one_example else output
