@@ -11,7 +11,7 @@ from compile_options import FAST_COMPILE
 from flax import nnx
 
 from zoo.functional.attention import blocked_attention, fused_attention, scaled_dot_product_attention
-from zoo.functional.masks import attention_mask, causal_mask, length_mask
+from zoo.functional.masks import attention_mask, length_mask
 from zoo.nn import MultiHeadAttention
 
 
@@ -33,7 +33,7 @@ def test_bias_is_added_to_the_scaled_logits():
 
 
 def test_masks():
-    np.testing.assert_array_equal(causal_mask(3), [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(attention_mask(3, 3, causal=True), [[[1, 0, 0], [1, 1, 0], [1, 1, 1]]])
     np.testing.assert_array_equal(attention_mask(3, 3, 2, causal=True), [[[1, 0, 0], [1, 1, 0], [1, 1, 0]]])
     assert attention_mask(3, 3) is None
     # a batch of lengths (2,) -> (2, 1, Tq, Tk); keys 2..3 of a block starting at key 2

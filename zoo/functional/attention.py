@@ -161,8 +161,9 @@ def fused_attention(query, key, value, key_length=None, causal: bool = False, bi
 
     The fast path: XLA's kernel, or cuDNN's flash attention with ``implementation="cudnn"``
     (NVIDIA GPUs, float16/bfloat16, d_k a multiple of 8). Padding reaches the kernel as the
-    number of real keys of every sequence (``key_value_seq_lengths``) and causality as
-    ``is_causal``, the forms cuDNN accepts (it refuses a boolean mask). A query with no real key
+    number of real keys of every sequence (``key_value_seq_lengths``; cuDNN also gets
+    ``query_seq_lengths`` = Tq) and causality as ``is_causal``, the forms cuDNN accepts (it
+    refuses a boolean mask: "Bias must have same seq length as QKV"). A query with no real key
     gets a zero output, as in :func:`scaled_dot_product_attention`. The logits and the softmax
     are float32 inside the kernel whatever the inputs' dtype.
 

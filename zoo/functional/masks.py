@@ -1,5 +1,7 @@
 """Masks built from sequence lengths: the one place where the zoo says which positions are real
-and which keys a query may read (every attention, recurrence and loss takes its masks from here).
+and which keys a query may read (every attention, recurrence and loss takes its padding and
+causal masks from here; local attention's window, a function of a predicted centre, is
+:func:`zoo.functional.attention.window_mask`).
 
 Padding is always a suffix, so a sequence's mask is its length; attention kernels that take
 lengths (``jax.nn.dot_product_attention``'s ``key_value_seq_lengths``, cuDNN) get the lengths,
@@ -20,15 +22,6 @@ def length_mask(seq_length, max_length: int):
       bool array (T,), True at positions t < seq_length.
     """
     return jnp.arange(max_length) < seq_length
-
-
-def causal_mask(num_positions: int):
-    """The decoder's mask (Vaswani et al. 2017, section 3.2.3): query i may read keys j <= i.
-
-    Returns:
-      bool (T, T), lower triangular.
-    """
-    return attention_mask(num_positions, num_positions, causal=True)[0]
 
 
 def attention_mask(num_queries: int, num_keys: int, key_length=None, causal: bool = False, key_offset=0):
