@@ -11,7 +11,7 @@ from compile_options import FAST_COMPILE
 from flax import nnx
 
 from zoo.functional.attention import blocked_attention, fused_attention, scaled_dot_product_attention
-from zoo.functional.masks import causal_mask, combine_masks, length_mask
+from zoo.functional.masks import attention_mask, length_mask
 from zoo.nn import MultiHeadAttention
 
 
@@ -33,10 +33,14 @@ def test_bias_is_added_to_the_scaled_logits():
 
 
 def test_masks():
-    np.testing.assert_array_equal(causal_mask(3), [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
-    padding = length_mask(2, 3)[None, :]
-    np.testing.assert_array_equal(combine_masks(causal_mask(3), None, padding), [[1, 0, 0], [1, 1, 0], [1, 1, 0]])
-    assert combine_masks(None, None) is None
+    np.testing.assert_array_equal(attention_mask(3, 3, causal=True), [[[1, 0, 0], [1, 1, 0], [1, 1, 1]]])
+    np.testing.assert_array_equal(attention_mask(3, 3, 2, causal=True), [[[1, 0, 0], [1, 1, 0], [1, 1, 0]]])
+    assert attention_mask(3, 3) is None
+    # a batch of lengths (2,) -> (2, 1, Tq, Tk); keys 2..3 of a block starting at key 2
+    by_length = attention_mask(2, 2, jnp.array([3, 4]), causal=True, key_offset=2)
+    assert by_length.shape == (2, 1, 2, 2)
+    np.testing.assert_array_equal(by_length[:, 0], [[[0, 0], [0, 0]], [[0, 0], [0, 0]]])  # queries 0, 1 < keys 2, 3
+    np.testing.assert_array_equal(attention_mask(4, 2, jnp.array([3, 4]), key_offset=2)[:, 0, 0], [[1, 0], [1, 1]])
 
 
 def _qkv(seed, tq=7, tk=7, heads=2, d=4, batch=()):
@@ -47,7 +51,7 @@ def _qkv(seed, tq=7, tk=7, heads=2, d=4, batch=()):
 
 def test_padding_and_causal_masks_give_exact_zeros_and_rows_sum_to_one():
     q, k, v = _qkv(0, tq=4, tk=4)
-    mask = combine_masks(causal_mask(4), length_mask(3, 4)[None, :])[None]  # (1, Tq, Tk)
+    mask = attention_mask(4, 4, 3, causal=True)  # (1, Tq, Tk)
     _, weights = scaled_dot_product_attention(q, k, v, mask)
     w = np.asarray(weights)
     np.testing.assert_array_equal(w[:, :, 3], 0.0)  # padding key
@@ -68,9 +72,8 @@ def test_a_fully_masked_row_gives_zeros_not_nan_with_finite_gradients():
     np.testing.assert_array_equal(out[1], 0.0)
     for g in jax.grad(loss, argnums=(0, 1, 2))(q, k, v):
         assert np.all(np.isfinite(g))
-    key_mask = jnp.zeros((3,), bool)
-    np.testing.assert_array_equal(blocked_attention(q, k, v, key_mask, block_size=2), 0.0)
-    np.testing.assert_array_equal(fused_attention(q, k, v, key_mask), 0.0)
+    np.testing.assert_array_equal(blocked_attention(q, k, v, 0, block_size=2), 0.0)  # no real key
+    np.testing.assert_array_equal(fused_attention(q, k, v, 0), 0.0)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -78,12 +81,11 @@ def test_a_fully_masked_row_gives_zeros_not_nan_with_finite_gradients():
 def test_fused_and_blocked_paths_equal_the_reference(causal, padded):
     q, k, v = _qkv(2, tq=13, tk=13, batch=(2,))
     lengths = jnp.array([13, 9]) if padded else jnp.array([13, 13])
-    key_mask = jax.vmap(lambda n: length_mask(n, 13))(lengths)  # (B, Tk)
-    mask = combine_masks(key_mask[:, None, None, :], causal_mask(13)[None, None] if causal else None)
-    expected, _ = scaled_dot_product_attention(q, k, v, mask)
-    np.testing.assert_allclose(fused_attention(q, k, v, key_mask, causal), expected, atol=1e-5)
+    expected, _ = scaled_dot_product_attention(q, k, v, attention_mask(13, 13, lengths, causal))
+    np.testing.assert_allclose(fused_attention(q, k, v, lengths, causal), expected, atol=1e-5)
     for block_size in (4, 13, 32):  # padded last block, one exact block, one block larger than Tk
-        np.testing.assert_allclose(blocked_attention(q, k, v, key_mask, causal, block_size), expected, atol=1e-5)
+        np.testing.assert_allclose(blocked_attention(q, k, v, lengths, causal, block_size=block_size), expected,
+                                   atol=1e-5)
 
 
 def test_blocked_attention_gradient_equals_the_reference():
@@ -96,7 +98,7 @@ def test_blocked_attention_gradient_equals_the_reference():
         return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
 
     reference = loss(lambda q, k, v: scaled_dot_product_attention(q, k, v, key_mask[None, None, :])[0])
-    blocked = loss(lambda q, k, v: blocked_attention(q, k, v, key_mask, block_size=4))
+    blocked = loss(lambda q, k, v: blocked_attention(q, k, v, 8, block_size=4))
     for g_ref, g_blk in zip(reference, blocked):
         np.testing.assert_allclose(g_blk, g_ref, atol=1e-5)
 
@@ -121,8 +123,8 @@ def test_multi_head_attention_is_a_loop_over_heads_then_w_o():
     assert mha.w_out.shape == (heads * d_head, d_model)
     x = np.asarray(jax.random.normal(jax.random.key(1), (4, d_model)))
     memory = np.asarray(jax.random.normal(jax.random.key(2), (5, d_model)))
-    mask = np.array([True, True, True, False, True])
-    out, weights = mha(jnp.asarray(x), jnp.asarray(memory), jnp.asarray(mask)[None, None, :])
+    mask = np.array([True, True, True, True, False])  # the last key is padding
+    out, weights = mha(jnp.asarray(x), jnp.asarray(memory), 4, return_weights=True)
 
     w = {name: np.asarray(getattr(mha, name)[...]) for name in ("w_query", "w_key", "w_value", "w_out",
                                                                  "b_query", "b_key", "b_value", "b_out")}

@@ -13,7 +13,6 @@ from flax import nnx
 
 import zoo
 from zoo.functional import cells
-from zoo.functional.masks import causal_mask
 from zoo.interop import load_torch_attention, load_torch_rnn, load_torch_transformer, torch_attention_params, torch_rnn_params
 from zoo.nn import MultiHeadAttention, StackedRNN
 
@@ -389,13 +388,13 @@ def test_attention_matches_torch():
     padding = np.zeros(S_LEN, bool)
     padding[-1] = True  # torch: True = ignore
     causal = ~np.tril(np.ones((S_LEN, S_LEN), bool))
-    cases = [(q, kv, {"key_padding_mask": torch.from_numpy(padding)}, ~padding[None, None, :]),
-             (kv, kv, {"attn_mask": torch.from_numpy(causal)}, ~causal[None])]
-    for x_q, x_kv, torch_masks, mask in cases:
+    cases = [(q, kv, {"key_padding_mask": torch.from_numpy(padding)}, (S_LEN - 1, False)),
+             (kv, kv, {"attn_mask": torch.from_numpy(causal)}, (None, True))]
+    for x_q, x_kv, torch_masks, (key_length, is_causal) in cases:
         with torch.no_grad():
             out_t, w_t = tm(torch.from_numpy(x_q), torch.from_numpy(x_kv), torch.from_numpy(x_kv),
                             average_attn_weights=False, **torch_masks)
-        out_z, w_z = module(jnp.asarray(x_q), jnp.asarray(x_kv), jnp.asarray(mask))
+        out_z, w_z = module(jnp.asarray(x_q), jnp.asarray(x_kv), key_length, is_causal, return_weights=True)
         assert w_z.shape == tuple(w_t.shape) == (HEADS, x_q.shape[0], x_kv.shape[0])
         np.testing.assert_allclose(np.asarray(out_z), out_t.numpy(), atol=1e-5)
         np.testing.assert_allclose(np.asarray(w_z), w_t.numpy(), atol=1e-5)
@@ -420,15 +419,15 @@ def test_transformer_matches_torch():
         out_t = tm(torch.from_numpy(src)[None], torch.from_numpy(tgt)[None], tgt_mask=tgt_mask, tgt_is_causal=True,
                    src_key_padding_mask=padding, memory_key_padding_mask=padding)[0]
 
-    positions, tgt_positions, mask = jnp.arange(S_LEN), jnp.arange(T_LEN), jnp.asarray(src_mask)
+    positions, tgt_positions, src_length = jnp.arange(S_LEN), jnp.arange(T_LEN), S_LEN - 1
     x = jnp.asarray(src)
     for layer in model.encoder:
-        x = layer(x, positions, mask)
+        x = layer(x, positions, src_length)
     x = model.encoder_norm(x)
     cross_kv = [layer.cross_attention.keys_values(x, positions) for layer in model.decoder]
     y = jnp.asarray(tgt)
     for layer, kv in zip(model.decoder, cross_kv):
-        y, _, _ = layer(y, tgt_positions, causal_mask(T_LEN)[None], kv, mask)
+        y, _, _ = layer(y, tgt_positions, kv, src_length)
     y = model.decoder_norm(y)
 
     np.testing.assert_allclose(np.asarray(x)[src_mask], memory_t.numpy()[src_mask], atol=1e-5)

@@ -8,6 +8,7 @@ passes run eagerly (``jax.disable_jit()``): cheaper than compiling each tiny mod
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from zoo.data.vocab import BOS_ID
 from zoo.decoding import beam_search, greedy
 from zoo.models.transformer import POSITIONAL
 from zoo.config import TrainConfig
-from zoo.training import example_nll, learning_rate_schedule
+from zoo.training import batch_nll, example_nll, init_state, learning_rate_schedule, make_optimizer, make_train_step
 
 SRC_V, TGT_V, LAYERS, HEADS = 11, 13, 2, 2
 TINY = dict(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, d_model=8, num_heads=HEADS, d_ff=16, num_encoder_layers=LAYERS,
@@ -53,7 +54,7 @@ def _teacher_forced(name):
     """(logits, weights) on the unpadded and the padded source."""
     model = _model(name)
     with jax.disable_jit():
-        outs = [model(_i32(src), jnp.int32(L), _i32(TGT_IN)) for src in (SRC, SRC_PADDED)]
+        outs = [model(_i32(src), jnp.int32(L), _i32(TGT_IN), return_weights=True) for src in (SRC, SRC_PADDED)]
     return [tuple(np.asarray(a) for a in out) for out in outs]
 
 
@@ -78,7 +79,7 @@ def test_the_decoder_ignores_the_future(name):
     changed = TGT_IN.copy()
     changed[2] = 11
     with jax.disable_jit():
-        logits_changed, weights_changed = model(_i32(SRC), jnp.int32(L), _i32(changed))
+        logits_changed, weights_changed = model(_i32(SRC), jnp.int32(L), _i32(changed), return_weights=True)
     np.testing.assert_array_equal(logits_changed[:2], logits[:2])  # bit-identical before position 2
     np.testing.assert_array_equal(weights_changed[:2], weights[:2])
     assert np.abs(np.asarray(logits_changed[2:]) - logits[2:]).max() > 1e-4  # sanity: the change is read
@@ -146,3 +147,90 @@ def test_label_smoothing_cross_entropy_by_hand(standard_dtype_promotion):
     np.testing.assert_allclose(nll, expected, rtol=1e-6)
     np.testing.assert_allclose(example_nll(Fixed(), example)[0], -logp[2], rtol=1e-6)
     assert float(n) == 1.0
+
+
+def _padded_batch(src_len=7, tgt_len=5):
+    rng = np.random.default_rng(0)
+    return {"src": _i32(rng.integers(3, SRC_V, (3, src_len))), "src_length": _i32([src_len, 4, 1]),
+            "tgt_in": _i32(rng.integers(3, TGT_V, (3, tgt_len))), "tgt_out": _i32(rng.integers(3, TGT_V, (3, tgt_len))),
+            "tgt_length": _i32([tgt_len, 3, 2])}
+
+
+def _loss(model, batch, key=None):
+    graphdef, params = nnx.split(model)
+    return (lambda p: (lambda nll, n: nll / n)(*batch_nll(graphdef, p, batch, key))), params
+
+
+@pytest.mark.parametrize("positional", [p for p in POSITIONAL if p != "shaw"])
+def test_xla_and_blocked_training_paths_equal_the_reference(positional):
+    """Loss and gradients, float32, padded sources (one of length 1), causal decoder; blocks of 4
+    keys: two blocks for the 7 source positions, the last one padded."""
+    batch, results = _padded_batch(), {}
+    for impl in ("reference", "xla", "blocked"):
+        loss, params = _loss(models.build("transformer", **TINY, positional=positional, attention_impl=impl,
+                                          attention_block_size=4), batch)
+        results[impl] = jax.jit(jax.value_and_grad(loss)).lower(params).compile(FAST_COMPILE)(params)
+    loss_ref, grads_ref = results["reference"]
+    for impl in ("xla", "blocked"):
+        loss, grads = results[impl]
+        np.testing.assert_allclose(loss, loss_ref, rtol=0, atol=1e-5)
+        for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_ref)):
+            np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-5, err_msg=f"{impl} {jax.tree_util.keystr(path)}")
+
+
+def test_shaw_stays_on_the_reference_path():
+    assert models.build("transformer", **TINY, positional="shaw").decoder[0].self_attention.implementation == "reference"
+    with pytest.raises(ValueError, match="Shaw's relative positions read the attention weights: attention_impl='xla'"):
+        models.build("transformer", **TINY, positional="shaw", attention_impl="xla")
+    with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
+        models.build("transformer", **TINY, attention_impl="flash")
+    assert models.build("transformer", **TINY).encoder[0].self_attention.implementation == "xla"  # auto on a CPU
+
+
+def _attention_maps(hlo: str, sizes) -> list:
+    """Float tensors of the HLO whose shape holds batch, heads and two sequence lengths."""
+    batch, heads, tgt, src = sizes
+    maps = [sorted(d) for d in ([batch, heads, tgt, src], [batch, heads, src, src], [batch, heads, tgt, tgt])]
+    shapes = re.findall(r"\b(?:f32|bf16)\[([\d,]+)\]", hlo)
+    return [s for s in shapes if any(all(sorted(int(d) for d in s.split(",")).count(n) >= m.count(n) for n in m)
+                                     for m in maps)]
+
+
+def test_the_training_step_holds_no_attention_maps(standard_dtype_promotion):
+    """The compiled step with blocked attention has no (B, N, T, S), (B, N, S, S) or (B, N, T, T)
+    float tensor; the reference path (the check's control) has them. (XLA's own attention
+    materialises its logits on a CPU: the "xla" path is no example there.)"""
+    batch, sizes, tx = _padded_batch(), (3, HEADS, 5, 7), make_optimizer(TrainConfig())
+    for impl, expect_maps in (("blocked", False), ("reference", True)):
+        model = models.build("transformer", **TINY, attention_impl=impl, attention_block_size=4)
+        graphdef, state = init_state(model, tx)
+        step = make_train_step(graphdef, tx)
+        hlo = step.lower(state, batch, jax.random.key(0)).compile(FAST_COMPILE).as_text()
+        assert bool(_attention_maps(hlo, sizes)) == expect_maps, impl
+
+
+def test_jax_cudnn_checks_accept_what_the_bfloat16_transformer_passes(monkeypatch):
+    """JAX's cuDNN attention (jax._src.cudnn.fused_attention_stablehlo) traced for real, forward
+    and backward under jax.vmap, with only the GPU queries answered (cuDNN 9.10 on a Hopper):
+    its argument checks (check_layout, check_is_flash_attention) and batching rules accept the
+    arrays of every attention of the training step and of a decoding step, ALiBi's bias included.
+    Lengths are even, as batches padded to ``length_multiple`` are (cuDNN wants it with a bias)."""
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn
+
+    monkeypatch.setattr(cudnn, "check_cudnn_version", lambda: 91000)
+    monkeypatch.setattr(cudnn, "check_compute_capability", lambda capability: True)
+    monkeypatch.setattr(cudnn, "is_cuda_compute_capability_equal", lambda capability: False)
+    checked = []
+    check_layout = cudnn.check_layout
+    monkeypatch.setattr(cudnn, "check_layout", lambda *args: checked.append(args[0].dtype) or check_layout(*args))
+    batch = _padded_batch(src_len=8, tgt_len=6)
+    for positional in ("sinusoidal", "alibi"):
+        model = models.build("transformer", **{**TINY, "d_model": 16}, positional=positional, attention_impl="cudnn",
+                             dtype="bfloat16")
+        loss, params = _loss(model, batch, jax.random.key(0))
+        assert jax.eval_shape(jax.value_and_grad(loss), params)[0].dtype == jnp.float32
+        memory = jax.eval_shape(lambda: jax.vmap(model.encode)(batch["src"], batch["src_length"]))
+        step = jax.vmap(lambda m, s: model.decode_step(m, s, jnp.int32(4)))
+        jax.eval_shape(step, memory, jax.eval_shape(jax.vmap(model.initial_decoder_state), memory))
+    # at least, per model: 2 encoder layers + 2 × 2 decoder layers in training, 2 self-attentions decoding
+    assert len(checked) >= 2 * (2 + 4 + 2) and set(checked) == {jnp.dtype(jnp.bfloat16)}

@@ -1,4 +1,12 @@
-"""Frozen configuration dataclasses: the single source of truth, stored as JSON in a workdir."""
+"""Frozen configuration dataclasses: the single source of truth, stored as JSON in a workdir.
+
+Every model config has ``dtype``, the compute dtype of Flax's ``dtype``/``param_dtype``
+convention (:mod:`zoo.nn.precision`): "float32" (the default) or "bfloat16". Parameters, the
+optimizer state and the checkpoints stay float32 either way; matrix products, convolutions and
+recurrent updates run in ``dtype``; softmax, layer-norm statistics, the logits' log-softmax and
+the loss in float32. float16 is not offered: it would need loss scaling, which training does
+not do. A config.json written before the field existed reads as float32.
+"""
 
 import dataclasses
 import json
@@ -26,6 +34,7 @@ class BahdanauConfig:
     dropout: float = 0.5
     score: str = "additive"  # any of zoo.functional.attention.SCORES whose widths fit (query H, keys 2H)
     hard_attention: bool = False
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class SutskeverConfig:
     num_layers: int = 2
     dropout: float = 0.5
     reverse_source: bool = True  # section 3.3: "reversing the source sentences"
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class ChoConfig:
     maxout_dim: int = 512
     dropout: float = 0.5
     reset_after: bool = False  # False: the paper's GRU (eq. 8); True: cuDNN/PyTorch's
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,7 @@ class LuongConfig:
     input_feeding: bool = True  # section 3.3
     hard_attention: bool = False
     reverse_source: bool = False
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,11 @@ class TransformerConfig:
     share_embeddings: bool = True  # target embedding = pre-softmax weights (section 3.4)
     max_length: int = 256  # longest sentence: learned positions, the decoder's cache
     max_relative_position: int = 16  # Shaw et al. (2018): k, the clipping distance
+    # scaled dot-product path in training (zoo.nn.MultiHeadAttention): auto | reference | xla | cudnn | blocked;
+    # auto: cuDNN for bfloat16 on NVIDIA GPUs, XLA elsewhere, reference with shaw (which needs the weights)
+    attention_impl: str = "auto"
+    attention_block_size: int = 128  # keys per block of the blocked path
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,7 @@ class ConvS2SConfig:
     kernel_size: int = 3
     dropout: float = 0.25
     max_length: int = 256  # longest sentence: the learned position embeddings
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
 MODEL_CONFIGS = {"bahdanau": BahdanauConfig, "cho": ChoConfig, "convs2s": ConvS2SConfig, "luong": LuongConfig,

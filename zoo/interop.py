@@ -430,11 +430,11 @@ def load_torch_transformer(model, state_dict) -> None:
     ``model`` may be abstract (``nnx.eval_shape``). Nothing is written unless every check passes.
 
     Afterwards, on one example, the zoo layers equal torch's on the same (S, D) and (T, D) inputs:
-    ``x = encoder_norm(encoder layers(x, positions, src_mask))`` is ``nn.Transformer.encoder`` with
-    ``src_key_padding_mask = ~src_mask`` (on the real positions), and the decoder layers (with
-    ``causal_mask(T)[None]``, the cross-attention keys and values of x and ``src_mask``) followed
-    by ``decoder_norm`` are ``nn.Transformer.decoder`` with a causal ``tgt_mask`` and
-    ``memory_key_padding_mask = ~src_mask``.
+    ``x = encoder_norm(encoder layers(x, positions, src_length))`` is ``nn.Transformer.encoder``
+    with ``src_key_padding_mask`` True past ``src_length`` (on the real positions), and the
+    decoder layers (causal self-attention, the cross-attention keys and values of x and
+    ``src_length``) followed by ``decoder_norm`` are ``nn.Transformer.decoder`` with a causal
+    ``tgt_mask`` and the same ``memory_key_padding_mask``.
 
     Args:
       model: a :class:`zoo.models.transformer.Transformer` with ``config.norm == "pre"``.

@@ -19,6 +19,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from zoo.functional.masks import attention_mask
+
 
 def masked_softmax(logits, mask):
     """Softmax over the last axis restricted to ``mask``.
@@ -26,20 +28,24 @@ def masked_softmax(logits, mask):
         α_j = exp(e_j) / Σ_{k: mask_k} exp(e_k)  for mask_j, else 0.
 
     A row whose mask is all False gives all-zero weights (never NaN), and its gradient is zero.
+    The exponentials and their sum are taken in float32 whatever the logits' dtype (mixed
+    precision: a bfloat16 sum over hundreds of keys loses the small weights); the weights come
+    back in the logits' dtype.
 
     Args:
       logits: float array (..., S).
       mask: bool array broadcastable to ``logits``; True marks positions that may be attended.
 
     Returns:
-      float array (..., S); each row sums to 1 (or to 0 if fully masked).
+      float array (..., S) of the logits' dtype; each row sums to 1 (or to 0 if fully masked).
     """
+    dtype, logits = logits.dtype, logits.astype(jnp.float32)
     mask = jnp.broadcast_to(mask, logits.shape)
     row_max = jnp.max(jnp.where(mask, logits, -jnp.inf), axis=-1, keepdims=True)
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     exp = jnp.where(mask, jnp.exp(jnp.where(mask, logits - row_max, 0.0)), 0.0)
     total = jnp.sum(exp, axis=-1, keepdims=True)
-    return exp / jnp.where(total > 0, total, 1.0)
+    return (exp / jnp.where(total > 0, total, 1.0)).astype(dtype)
 
 
 def hard_weights(logits, mask, key=None, temperature: float = 1.0):
@@ -133,58 +139,100 @@ def scaled_dot_product_attention(query, key, value, mask=None, bias=None):
         weights = softmax(Q Kᵀ / √d_k + bias) over the allowed keys,   output = weights V
 
     The reference path: it returns the weights. A row with no allowed key gets zero weights and a
-    zero output (never NaN).
+    zero output (never NaN). The products run in the inputs' dtype; the logits, the bias and the
+    softmax in float32 (mixed precision), the weights come back in the values' dtype.
 
     Args:
-      query: float (..., Tq, N, d_k). key: float (..., Tk, N, d_k). value: float (..., Tk, N, d_v).
-      mask: bool broadcastable to (..., N, Tq, Tk), True where query i may attend key j; None: all.
+      query: float (..., Tq, N, d_k). key: float (..., Tk, N, d_k). value: float (..., Tk, N, d_v),
+        all of one dtype.
+      mask: bool broadcastable to (..., N, Tq, Tk), True where query i may attend key j
+        (:func:`zoo.functional.masks.attention_mask`); None: all.
       bias: float broadcastable to (..., N, Tq, Tk), added to the scaled logits (ALiBi, relative
         positions); None: no bias.
 
     Returns:
       ``(output (..., Tq, N, d_v), weights (..., N, Tq, Tk))``.
     """
-    logits = jnp.einsum("...qnd,...knd->...nqk", query, key) / math.sqrt(query.shape[-1])
+    logits = jnp.einsum("...qnd,...knd->...nqk", query, key).astype(jnp.float32) / math.sqrt(query.shape[-1])
     if bias is not None:
-        logits = logits + bias
+        logits = logits + bias.astype(jnp.float32)
     weights = jax.nn.softmax(logits, axis=-1) if mask is None else masked_softmax(logits, mask)
+    weights = weights.astype(value.dtype)
     return jnp.einsum("...nqk,...knd->...qnd", weights, value), weights
 
 
-def _key_mask(key_mask, causal: bool, num_queries: int, num_keys: int, ndim: int, key_offset=0):
-    """The keys a query may read, bool of rank ``ndim`` broadcastable to (..., N, Tq, Tk), or None for all."""
-    mask = None if key_mask is None else key_mask[..., None, None, :]
-    if causal:
-        allowed = jnp.arange(num_queries)[:, None] >= key_offset + jnp.arange(num_keys)[None, :]
-        allowed = allowed.reshape((1,) * (ndim - 2) + allowed.shape)
-        mask = allowed if mask is None else mask & allowed
-    return mask
+def _standard_promotion(f):
+    """``f`` traced, and differentiated, under standard dtype promotion. JAX's XLA attention
+    promotes bfloat16 to float32 implicitly in its forward and its backward pass, which strict
+    promotion (the test suite's) refuses; the backward pass runs outside any ``with`` block
+    around the call, hence the custom VJP."""
+
+    @jax.custom_vjp
+    def wrapped(*args):
+        with jax.numpy_dtype_promotion("standard"):
+            return f(*args)
+
+    def forward(*args):
+        with jax.numpy_dtype_promotion("standard"):
+            return jax.vjp(f, *args)
+
+    def backward(vjp_fn, cotangent):
+        with jax.numpy_dtype_promotion("standard"):
+            return vjp_fn(cotangent)
+
+    wrapped.defvjp(forward, backward)
+    return wrapped
 
 
-def fused_attention(query, key, value, key_mask=None, causal: bool = False, implementation=None):
+def fused_attention(query, key, value, key_length=None, causal: bool = False, bias=None, implementation=None):
     """Scaled dot-product attention through ``jax.nn.dot_product_attention`` (no weights returned).
 
-    The fast path: XLA's fused kernel, or cuDNN's flash attention with ``implementation="cudnn"``
-    (NVIDIA GPUs, float16/bfloat16). A query with no allowed key gets a zero output, as in
-    :func:`scaled_dot_product_attention`.
+    The fast path: XLA's kernel, or cuDNN's flash attention with ``implementation="cudnn"``
+    (NVIDIA GPUs, float16/bfloat16, d_k a multiple of 8). Padding reaches the kernel as the
+    number of real keys of every sequence (``key_value_seq_lengths``; cuDNN also gets
+    ``query_seq_lengths`` = Tq) and causality as ``is_causal``, the forms cuDNN accepts (it
+    refuses a boolean mask: "Bias must have same seq length as QKV"). A query with no real key
+    gets a zero output, as in :func:`scaled_dot_product_attention`. The logits and the softmax
+    are float32 inside the kernel whatever the inputs' dtype.
 
     Args:
-      query, key, value: as :func:`scaled_dot_product_attention`.
-      key_mask: bool (..., Tk), True on real keys; None: all real.
+      query, key, value: as :func:`scaled_dot_product_attention`; with no batch axis (one
+        example, as the zoo's modules), a batch axis of 1 is added inside (``jax.vmap`` batches it).
+      key_length: int (...) real keys per sequence, a suffix being padding; None: all real.
       causal: query i reads only keys j <= i.
-      implementation: None (XLA), "xla" or "cudnn".
+      bias: float broadcastable to (..., N, Tq, Tk), added to the scaled logits (ALiBi); None: no bias.
+      implementation: None or "xla" (XLA), or "cudnn".
 
     Returns:
-      output (..., Tq, N, d_v).
+      output (..., Tq, N, d_v), of the inputs' dtype.
     """
-    mask = _key_mask(key_mask, False, 0, 0, query.ndim)
-    output = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal, implementation=implementation)
-    if key_mask is None:
-        return output
-    return jnp.where(jnp.any(key_mask, axis=-1)[..., None, None, None], output, 0.0)
+    one_example = query.ndim == 3
+    if one_example:  # jax.nn.dot_product_attention reads a leading axis as the batch
+        query, key, value = query[None], key[None], value[None]
+        bias = None if bias is None else bias[None]
+        key_length = None if key_length is None else jnp.reshape(key_length, (1,))
+    if bias is not None:
+        bias = bias.astype(query.dtype if implementation == "cudnn" else jnp.float32)
+    lengths = None if key_length is None else jnp.asarray(key_length, jnp.int32)
+    query_lengths = None
+    if implementation == "cudnn":
+        # JAX's cuDNN batching rule wants query, keys, values and lengths all batched under jax.vmap or
+        # none (a decoder's cached keys are batched while its first query may not be; a constant length
+        # is not): tie them by adding zeros (B,) that depend on each of them. All Tq queries count.
+        rows = [x[:, 0, 0, 0] for x in (query, key, value)] + ([] if lengths is None else [lengths])
+        tie = sum(jnp.where(jnp.isfinite(row), 0, 0) for row in rows).astype(jnp.int32)
+        query, key, value = (x + tie.astype(x.dtype)[:, None, None, None] for x in (query, key, value))
+        if lengths is not None:
+            query_lengths, lengths = tie + query.shape[-3], tie + lengths
+    kernel = _standard_promotion(lambda q, k, v, b, n, m: jax.nn.dot_product_attention(
+        q, k, v, b, is_causal=causal, query_seq_lengths=m, key_value_seq_lengths=n, implementation=implementation))
+    output = kernel(query, key, value, bias, lengths, query_lengths)
+    if lengths is not None:
+        output = jnp.where((lengths > 0)[..., None, None, None], output, jnp.zeros_like(output))
+    return output[0] if one_example else output
 
 
-def blocked_attention(query, key, value, key_mask=None, causal: bool = False, block_size: int = 128):
+def blocked_attention(query, key, value, key_length=None, causal: bool = False, bias_fn=None, block_size: int = 128):
     """Memory-efficient scaled dot-product attention: the keys are read in blocks of B with an
     online softmax (Milakov & Gimelshein 2018; Rabe & Staats 2021; FlashAttention, Dao et al. 2022):
 
@@ -194,55 +242,59 @@ def blocked_attention(query, key, value, key_mask=None, causal: bool = False, bl
     so memory grows linearly in the sequence length; the block is rematerialised in the backward
     pass (``jax.checkpoint``), so training memory stays linear too. Equal to
     :func:`scaled_dot_product_attention` up to float rounding; fully masked rows give zeros.
+    The products run in the inputs' dtype, the logits and the running sums m, l, o in float32.
 
     Args:
       query, key, value: as :func:`scaled_dot_product_attention`.
-      key_mask: bool (..., Tk), True on real keys; None: all real.
+      key_length: int (...) real keys per sequence, a suffix being padding; None: all real.
       causal: query i reads only keys j <= i.
+      bias_fn: None, or a function of the key indices of one block, int (B,) (past Tk for the
+        padding of the last block), giving the bias added to the scaled logits of those keys,
+        float broadcastable to (..., N, Tq, B) (ALiBi: no (N, Tq, Tk) bias is ever built).
       block_size: B, keys per block (the keys are padded to a multiple of B).
 
     Returns:
-      output (..., Tq, N, d_v).
+      output (..., Tq, N, d_v), of the values' dtype.
     """
     num_queries, num_keys = query.shape[-3], key.shape[-3]
     num_blocks = -(-num_keys // block_size)
     pad = num_blocks * block_size - num_keys
-    if key_mask is None:
-        key_mask = jnp.ones(key.shape[:-3] + (num_keys,), bool)
+    key_length = jnp.broadcast_to(num_keys if key_length is None else key_length, query.shape[:-3])
     widths = [(0, 0)] * (key.ndim - 3) + [(0, pad), (0, 0), (0, 0)]
     key, value = jnp.pad(key, widths), jnp.pad(value, widths)
-    key_mask = jnp.pad(key_mask, [(0, 0)] * (key_mask.ndim - 1) + [(0, pad)])
 
-    def blocks(x, axis):  # (..., nb·B, ...) -> (nb, ..., B, ...)
-        x = x.reshape(x.shape[:axis] + (num_blocks, block_size) + x.shape[axis + 1 :])
-        return jnp.moveaxis(x, axis, 0)
+    def blocks(x):  # (..., nb·B, N, d) -> (nb, ..., B, N, d)
+        x = x.reshape(x.shape[:-3] + (num_blocks, block_size) + x.shape[-2:])
+        return jnp.moveaxis(x, -4, 0)
 
-    query = query / math.sqrt(query.shape[-1])
+    scale = 1.0 / math.sqrt(query.shape[-1])
     batch = query.shape[:-3]
     heads = query.shape[-2]
 
     @jax.checkpoint
     def step(carry, block):
-        row_max, total, acc = carry  # (..., N, Tq), (..., N, Tq), (..., Tq, N, d_v)
-        k, v, valid, start = block
-        logits = jnp.einsum("...qnd,...knd->...nqk", query, k)
-        allowed = _key_mask(valid, causal, num_queries, block_size, query.ndim, start)
+        row_max, total, acc = carry  # (..., N, Tq), (..., N, Tq), (..., Tq, N, d_v) float32
+        k, v, start = block
+        logits = jnp.einsum("...qnd,...knd->...nqk", query, k).astype(jnp.float32) * scale
+        if bias_fn is not None:
+            logits = logits + bias_fn(start + jnp.arange(block_size)).astype(jnp.float32)
+        allowed = attention_mask(num_queries, block_size, key_length, causal, start)
         logits = jnp.where(allowed, logits, -jnp.inf)
         new_max = jnp.maximum(row_max, jnp.max(logits, axis=-1))
         safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
         p = jnp.exp(logits - safe_max[..., None])  # exactly 0 where not allowed
         correction = jnp.exp(row_max - safe_max)  # 0 while row_max = −∞
         total = total * correction + jnp.sum(p, axis=-1)
-        acc = acc * jnp.swapaxes(correction, -1, -2)[..., None] + jnp.einsum("...nqk,...knd->...qnd", p, v)
+        update = jnp.einsum("...nqk,...knd->...qnd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        acc = acc * jnp.swapaxes(correction, -1, -2)[..., None] + update
         return (new_max, total, acc), None
 
-    init = (jnp.full(batch + (heads, num_queries), -jnp.inf, query.dtype), jnp.zeros(batch + (heads, num_queries), query.dtype),
-            jnp.zeros(batch + (num_queries, heads, value.shape[-1]), value.dtype))
+    init = (jnp.full(batch + (heads, num_queries), -jnp.inf, jnp.float32), jnp.zeros(batch + (heads, num_queries), jnp.float32),
+            jnp.zeros(batch + (num_queries, heads, value.shape[-1]), jnp.float32))
     starts = jnp.arange(num_blocks) * block_size
-    (_, total, acc), _ = jax.lax.scan(step, init, (blocks(key, key.ndim - 3), blocks(value, value.ndim - 3),
-                                                   blocks(key_mask, key_mask.ndim - 1), starts))
+    (_, total, acc), _ = jax.lax.scan(step, init, (blocks(key), blocks(value), starts))
     total = jnp.swapaxes(total, -1, -2)[..., None]  # (..., Tq, N, 1)
-    return acc / jnp.where(total > 0, total, 1.0)
+    return (acc / jnp.where(total > 0, total, 1.0)).astype(value.dtype)
 
 
 def _identity(params, keys):

@@ -1,4 +1,12 @@
-"""Masks built from sequence lengths."""
+"""Masks built from sequence lengths: the one place where the zoo says which positions are real
+and which keys a query may read (every attention, recurrence and loss takes its padding and
+causal masks from here; local attention's window, a function of a predicted centre, is
+:func:`zoo.functional.attention.local_window`).
+
+Padding is always a suffix, so a sequence's mask is its length; attention kernels that take
+lengths (``jax.nn.dot_product_attention``'s ``key_value_seq_lengths``, cuDNN) get the lengths,
+the reference and blocked paths the boolean masks below.
+"""
 
 import jax.numpy as jnp
 
@@ -16,25 +24,36 @@ def length_mask(seq_length, max_length: int):
     return jnp.arange(max_length) < seq_length
 
 
-def causal_mask(num_positions: int):
-    """The decoder's mask (Vaswani et al. 2017, section 3.2.3): query i may read keys j <= i.
+def attention_mask(num_queries: int, num_keys: int, key_length=None, causal: bool = False, key_offset=0):
+    """The keys each query may read, for queries 0..Tq−1 over keys at positions o + j, j < Tk:
+
+        allowed[..., i, j] = (o + j < key_length) ∧ (¬causal ∨ o + j <= i)
+
+    (o = ``key_offset``: the first key of a block of keys, see
+    :func:`zoo.functional.attention.blocked_attention`.)
+
+    Args:
+      num_queries: Tq. num_keys: Tk.
+      key_length: int array (...) of real keys per sequence (padding is a suffix), or None: all real.
+      causal: the decoder's mask (Vaswani et al. 2017, section 3.2.3), query i reads keys j <= i.
+      key_offset: o, int scalar.
 
     Returns:
-      bool (T, T), lower triangular.
+      bool (..., 1, Tq, Tk), broadcastable to the attention logits (..., N, Tq, Tk) of N heads;
+      None when every query reads every key (no length, not causal).
     """
-    t = jnp.arange(num_positions)
-    return t[:, None] >= t[None, :]
-
-
-def combine_masks(*masks):
-    """Logical AND of broadcastable bool masks, skipping None (None if all are None)."""
-    masks = [m for m in masks if m is not None]
-    if not masks:
+    if key_length is None and not causal:
         return None
-    out = masks[0]
-    for m in masks[1:]:
-        out = out & m
-    return out
+    keys = key_offset + jnp.arange(num_keys)
+    allowed = jnp.ones((num_queries, num_keys), bool)
+    if causal:
+        allowed = jnp.arange(num_queries)[:, None] >= keys[None, :]
+    if key_length is None:
+        return allowed[None]
+    length = jnp.asarray(key_length)
+    batch = (1,) * length.ndim
+    real = keys.reshape(batch + (1, num_keys)) < length[..., None, None]  # (..., 1, Tk)
+    return (allowed.reshape(batch + allowed.shape) & real)[..., None, :, :]
 
 
 def reverse_padded(xs, seq_length):

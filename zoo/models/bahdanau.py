@@ -26,7 +26,7 @@ from flax import nnx
 from zoo.config import BahdanauConfig
 from zoo.functional.layers import dropout, maxout, scan_keys, split_keys
 from zoo.functional.masks import length_mask
-from zoo.nn import Attention, Bidirectional, RNNLayer
+from zoo.nn import Attention, Bidirectional, RNNLayer, compute_dtype
 
 
 class Memory(NamedTuple):
@@ -49,15 +49,16 @@ class Bahdanau(nnx.Module):
     def __init__(self, config: BahdanauConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
-        self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, rngs=rngs)
-        self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, rngs=rngs)
-        self.encoder = Bidirectional("gru", c.embed_dim, c.hidden_dim, rngs=rngs)
-        self.init_state = nnx.Linear(c.hidden_dim, c.hidden_dim, rngs=rngs)
+        dtype = compute_dtype(c.dtype)
+        self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
+        self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
+        self.encoder = Bidirectional("gru", c.embed_dim, c.hidden_dim, dtype=dtype, rngs=rngs)
+        self.init_state = nnx.Linear(c.hidden_dim, c.hidden_dim, dtype=dtype, rngs=rngs)
         self.attention = Attention(c.score, c.hidden_dim, 2 * c.hidden_dim, c.attention_dim, hard=c.hard_attention,
-                                   rngs=rngs)
-        self.decoder = RNNLayer("gru", c.embed_dim + 2 * c.hidden_dim, c.hidden_dim, rngs=rngs)
-        self.deep_output = nnx.Linear(3 * c.hidden_dim + c.embed_dim, 2 * c.maxout_dim, rngs=rngs)
-        self.output = nnx.Linear(c.maxout_dim, c.tgt_vocab_size, rngs=rngs)
+                                   dtype=dtype, rngs=rngs)
+        self.decoder = RNNLayer("gru", c.embed_dim + 2 * c.hidden_dim, c.hidden_dim, dtype=dtype, rngs=rngs)
+        self.deep_output = nnx.Linear(3 * c.hidden_dim + c.embed_dim, 2 * c.maxout_dim, dtype=dtype, rngs=rngs)
+        self.output = nnx.Linear(c.maxout_dim, c.tgt_vocab_size, dtype=dtype, rngs=rngs)
 
     def encode(self, src, src_length, key=None) -> Memory:
         """src int32 (S,), src_length int scalar -> :class:`Memory`."""
@@ -78,9 +79,9 @@ class Bahdanau(nnx.Module):
         return s, context, weights
 
     def _logits(self, s, context, y_prev_emb, key=None):
-        """Deep output: softmax logits W_o maxout(U_o s + C_o c + V_o E y_{i-1}); works on (..., ·)."""
+        """Deep output: softmax logits W_o maxout(U_o s + C_o c + V_o E y_{i-1}), float32; works on (..., ·)."""
         t = maxout(self.deep_output(jnp.concatenate([s, context, y_prev_emb], axis=-1)))
-        return self.output(dropout(key, t, self.config.dropout))
+        return self.output(dropout(key, t, self.config.dropout)).astype(jnp.float32)
 
     def decode_step(self, memory: Memory, state, y_prev, key=None):
         """One free-running step: previous token id y_prev (int) -> (state, logits (V,), α (S,))."""

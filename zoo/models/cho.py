@@ -25,7 +25,7 @@ from flax import nnx
 from zoo.config import ChoConfig
 from zoo.functional.layers import dropout, maxout, split_keys
 from zoo.functional.masks import length_mask
-from zoo.nn import RNNLayer
+from zoo.nn import RNNLayer, compute_dtype
 
 
 class Memory(NamedTuple):
@@ -44,14 +44,16 @@ class Cho(nnx.Module):
     def __init__(self, config: ChoConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
-        self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, rngs=rngs)
-        self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, rngs=rngs)
-        self.encoder = RNNLayer("gru", c.embed_dim, c.hidden_dim, reset_after=c.reset_after, rngs=rngs)
-        self.summary = nnx.Linear(c.hidden_dim, c.hidden_dim, rngs=rngs)
-        self.init_state = nnx.Linear(c.hidden_dim, c.hidden_dim, rngs=rngs)
-        self.decoder = RNNLayer("gru", c.embed_dim + c.hidden_dim, c.hidden_dim, reset_after=c.reset_after, rngs=rngs)
-        self.deep_output = nnx.Linear(2 * c.hidden_dim + c.embed_dim, 2 * c.maxout_dim, rngs=rngs)
-        self.output = nnx.Linear(c.maxout_dim, c.tgt_vocab_size, rngs=rngs)
+        dtype = compute_dtype(c.dtype)
+        self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
+        self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
+        self.encoder = RNNLayer("gru", c.embed_dim, c.hidden_dim, reset_after=c.reset_after, dtype=dtype, rngs=rngs)
+        self.summary = nnx.Linear(c.hidden_dim, c.hidden_dim, dtype=dtype, rngs=rngs)
+        self.init_state = nnx.Linear(c.hidden_dim, c.hidden_dim, dtype=dtype, rngs=rngs)
+        self.decoder = RNNLayer("gru", c.embed_dim + c.hidden_dim, c.hidden_dim, reset_after=c.reset_after, dtype=dtype,
+                                rngs=rngs)
+        self.deep_output = nnx.Linear(2 * c.hidden_dim + c.embed_dim, 2 * c.maxout_dim, dtype=dtype, rngs=rngs)
+        self.output = nnx.Linear(c.maxout_dim, c.tgt_vocab_size, dtype=dtype, rngs=rngs)
 
     def encode(self, src, src_length, key=None) -> Memory:
         """src int32 (S,), src_length int scalar -> :class:`Memory`."""
@@ -62,9 +64,9 @@ class Cho(nnx.Module):
                       initial_state=jnp.tanh(self.init_state(context)))
 
     def _logits(self, h, y_emb, context, key=None):
-        """g(h_t, y_{t-1}, C) on (..., ·): G maxout(O [h; E y; C])."""
+        """g(h_t, y_{t-1}, C) on (..., ·): G maxout(O [h; E y; C]), float32."""
         s = maxout(self.deep_output(jnp.concatenate([h, y_emb, context], axis=-1)))
-        return self.output(dropout(key, s, self.config.dropout))
+        return self.output(dropout(key, s, self.config.dropout)).astype(jnp.float32)
 
     def initial_decoder_state(self, memory: Memory):
         return memory.initial_state

@@ -53,6 +53,7 @@ from zoo.functional.attention import masked_softmax
 from zoo.functional.convolution import conv1d, glu
 from zoo.functional.layers import dropout, scan_keys, split_keys
 from zoo.functional.masks import length_mask
+from zoo.nn import compute_dtype
 
 SCALE = math.sqrt(0.5)
 
@@ -96,13 +97,15 @@ class ConvS2S(nnx.Module):
         if c.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {c.kernel_size}")
         self.config = c
+        self.dtype = dtype = compute_dtype(c.dtype)
         E, H, k, keep = c.embed_dim, c.hidden_dim, c.kernel_size, 1.0 - c.dropout
 
         def embed(n):
-            return nnx.Embed(n, E, embedding_init=nnx.initializers.normal(0.1), rngs=rngs)
+            return nnx.Embed(n, E, embedding_init=nnx.initializers.normal(0.1), dtype=dtype, rngs=rngs)
 
         def linear(n_in, n_out):
-            return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(math.sqrt(keep / n_in)), rngs=rngs)
+            return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(math.sqrt(keep / n_in)), dtype=dtype,
+                              rngs=rngs)
 
         conv_std, Le, Ld = math.sqrt(4 * keep / (k * H)), c.num_encoder_layers, c.num_decoder_layers
         self.src_embed, self.src_position = embed(c.src_vocab_size), embed(c.max_length)
@@ -144,13 +147,16 @@ class ConvS2S(nnx.Module):
             return (glu(conv1d(x, w, b, "same")) + h) * SCALE, None
 
         keys = scan_keys(k_conv, self.config.num_encoder_layers)
-        h, _ = jax.lax.scan(layer, self.encoder_in(e), (self.encoder_conv_w[...], self.encoder_conv_b[...], keys))  # (S, H)
+        conv = (self.encoder_conv_w[...].astype(self.dtype), self.encoder_conv_b[...].astype(self.dtype))
+        h, _ = jax.lax.scan(layer, self.encoder_in(e), (*conv, keys))  # (S, H)
         z = self.encoder_out(h)  # (S, E)
         return Memory(keys=z, values=(z + e) * SCALE, mask=mask)
 
     def _decoder_params(self):
-        return (self.decoder_conv_w[...], self.decoder_conv_b[...], self.attention_in_w[...],
-                self.attention_in_b[...], self.attention_out_w[...], self.attention_out_b[...])
+        """The decoder's stacked parameters in the compute dtype."""
+        names = ("decoder_conv_w", "decoder_conv_b", "attention_in_w", "attention_in_b", "attention_out_w",
+                 "attention_out_b")
+        return tuple(getattr(self, name)[...].astype(self.dtype) for name in names)
 
     @staticmethod
     def _attend(memory: Memory, h, g, w_d, b_d, w_c, b_c):
@@ -165,7 +171,7 @@ class ConvS2S(nnx.Module):
         return dropout(key, self.tgt_embed(tokens) + self.tgt_position(positions), self.config.dropout)  # (T, E)
 
     def _logits(self, h, key):
-        return self.output(dropout(key, self.decoder_out(h), self.config.dropout))  # (T, V)
+        return self.output(dropout(key, self.decoder_out(h), self.config.dropout)).astype(jnp.float32)  # (T, V)
 
     def initial_decoder_state(self, memory: Memory) -> DecoderState:
         c = self.config

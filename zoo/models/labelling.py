@@ -35,7 +35,7 @@ from flax import nnx
 from zoo.functional import cells
 from zoo.functional.layers import dropout, split_keys
 from zoo.functional.masks import length_mask
-from zoo.nn import StackedRNN
+from zoo.nn import StackedRNN, compute_dtype
 
 
 def _check_encoder_fields(config, out_field: str) -> None:
@@ -48,6 +48,7 @@ def _check_encoder_fields(config, out_field: str) -> None:
         raise ValueError(f"unknown cell {config.cell!r}; choose from {', '.join(cells.NUM_GATES)}")
     if not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+    compute_dtype(config.dtype)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class TaggerConfig:
     """:class:`SequenceTagger`: one of ``num_tags`` tags per token (POS tagging, slot filling).
 
     Raises:
-      ValueError: a size below 1, an unknown cell or a dropout outside [0, 1).
+      ValueError: a size below 1, an unknown cell or dtype, or a dropout outside [0, 1).
     """
 
     vocab_size: int
@@ -66,6 +67,7 @@ class TaggerConfig:
     num_layers: int = 1
     bidirectional: bool = True
     dropout: float = 0.0
+    dtype: str = "float32"  # compute dtype (zoo.nn.precision): float32 | bfloat16; logits float32
 
     def __post_init__(self):
         _check_encoder_fields(self, "num_tags")
@@ -76,7 +78,7 @@ class ClassifierConfig:
     """:class:`SequenceClassifier`: one of ``num_classes`` classes per sequence (sentiment, topic).
 
     Raises:
-      ValueError: a size below 1, an unknown cell or a dropout outside [0, 1).
+      ValueError: a size below 1, an unknown cell or dtype, or a dropout outside [0, 1).
     """
 
     vocab_size: int
@@ -87,6 +89,7 @@ class ClassifierConfig:
     num_layers: int = 1
     bidirectional: bool = True
     dropout: float = 0.0
+    dtype: str = "float32"  # compute dtype (zoo.nn.precision): float32 | bfloat16; logits float32
 
     def __post_init__(self):
         _check_encoder_fields(self, "num_classes")
@@ -98,9 +101,10 @@ class _Encoder(nnx.Module):
     def __init__(self, config, *, rngs: nnx.Rngs):
         c = config
         self.config = c
-        self.embed = nnx.Embed(c.vocab_size, c.embed_dim, rngs=rngs)
+        dtype = compute_dtype(c.dtype)
+        self.embed = nnx.Embed(c.vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
         self.rnn = StackedRNN(c.cell, c.embed_dim, c.hidden_dim, c.num_layers, bidirectional=c.bidirectional,
-                              dropout=c.dropout, rngs=rngs)
+                              dropout=c.dropout, dtype=dtype, rngs=rngs)
 
     @property
     def output_dim(self) -> int:
@@ -131,7 +135,7 @@ class SequenceTagger(nnx.Module):
     def __init__(self, config: TaggerConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.encoder = _Encoder(config, rngs=rngs)
-        self.output = nnx.Linear(self.encoder.output_dim, config.num_tags, rngs=rngs)
+        self.output = nnx.Linear(self.encoder.output_dim, config.num_tags, dtype=compute_dtype(config.dtype), rngs=rngs)
 
     def __call__(self, tokens, seq_length, key=None):
         """Tag scores of every position.
@@ -147,7 +151,7 @@ class SequenceTagger(nnx.Module):
         """
         k_enc, k_out = split_keys(key, 2)
         hs, _ = self.encoder(tokens, seq_length, k_enc)
-        return self.output(dropout(k_out, hs, self.config.dropout))
+        return self.output(dropout(k_out, hs, self.config.dropout)).astype(jnp.float32)
 
 
 class SequenceClassifier(nnx.Module):
@@ -157,7 +161,8 @@ class SequenceClassifier(nnx.Module):
     def __init__(self, config: ClassifierConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.encoder = _Encoder(config, rngs=rngs)
-        self.output = nnx.Linear(self.encoder.output_dim, config.num_classes, rngs=rngs)
+        self.output = nnx.Linear(self.encoder.output_dim, config.num_classes, dtype=compute_dtype(config.dtype),
+                                 rngs=rngs)
 
     def __call__(self, tokens, seq_length, key=None):
         """Class scores of the sequence.
@@ -172,7 +177,7 @@ class SequenceClassifier(nnx.Module):
         """
         k_enc, k_out = split_keys(key, 2)
         _, carries = self.encoder(tokens, seq_length, k_enc)
-        return self.output(dropout(k_out, self.encoder.summary(carries), self.config.dropout))
+        return self.output(dropout(k_out, self.encoder.summary(carries), self.config.dropout)).astype(jnp.float32)
 
 
 def tagging_nll(logits, tags, seq_length):

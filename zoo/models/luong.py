@@ -30,7 +30,7 @@ from flax import nnx
 from zoo.config import LuongConfig
 from zoo.functional.layers import dropout, scan_keys, split_keys
 from zoo.functional.masks import length_mask, reverse_padded
-from zoo.nn import Attention, StackedRNN
+from zoo.nn import Attention, StackedRNN, compute_dtype
 
 ATTENTIONS = ("global", "local-m", "local-p")
 
@@ -59,19 +59,22 @@ class Luong(nnx.Module):
         if c.attention not in ATTENTIONS:
             raise ValueError(f"unknown attention {c.attention!r}; choose from {', '.join(ATTENTIONS)}")
         self.config = c
-        self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, rngs=rngs)
-        self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, rngs=rngs)
-        self.encoder = StackedRNN("lstm", c.embed_dim, c.hidden_dim, c.num_layers, dropout=c.dropout, rngs=rngs)
+        self.dtype = dtype = compute_dtype(c.dtype)
+        self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
+        self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
+        self.encoder = StackedRNN("lstm", c.embed_dim, c.hidden_dim, c.num_layers, dropout=c.dropout, dtype=dtype,
+                                  rngs=rngs)
         decoder_input = c.embed_dim + (c.hidden_dim if c.input_feeding else 0)
-        self.decoder = StackedRNN("lstm", decoder_input, c.hidden_dim, c.num_layers, dropout=c.dropout, rngs=rngs)
+        self.decoder = StackedRNN("lstm", decoder_input, c.hidden_dim, c.num_layers, dropout=c.dropout, dtype=dtype,
+                                  rngs=rngs)
         self.attention = Attention(c.score, c.hidden_dim, c.hidden_dim, c.attention_dim, hard=c.hard_attention,
                                    window=None if c.attention == "global" else c.window,
-                                   gaussian=c.attention == "local-p", rngs=rngs)
+                                   gaussian=c.attention == "local-p", dtype=dtype, rngs=rngs)
         if c.attention == "local-p":
-            self.position = nnx.Linear(c.hidden_dim, c.hidden_dim, use_bias=False, rngs=rngs)  # W_p
-            self.position_v = nnx.Linear(c.hidden_dim, 1, use_bias=False, rngs=rngs)  # v_p
-        self.combine = nnx.Linear(2 * c.hidden_dim, c.hidden_dim, use_bias=False, rngs=rngs)  # W_c
-        self.output = nnx.Linear(c.hidden_dim, c.tgt_vocab_size, rngs=rngs)  # W_s
+            self.position = nnx.Linear(c.hidden_dim, c.hidden_dim, use_bias=False, dtype=dtype, rngs=rngs)  # W_p
+            self.position_v = nnx.Linear(c.hidden_dim, 1, use_bias=False, dtype=dtype, rngs=rngs)  # v_p
+        self.combine = nnx.Linear(2 * c.hidden_dim, c.hidden_dim, use_bias=False, dtype=dtype, rngs=rngs)  # W_c
+        self.output = nnx.Linear(c.hidden_dim, c.tgt_vocab_size, dtype=dtype, rngs=rngs)  # W_s
 
     def encode(self, src, src_length, key=None) -> Memory:
         """src int32 (S,), src_length int scalar -> :class:`Memory`."""
@@ -86,14 +89,15 @@ class Luong(nnx.Module):
 
     def initial_decoder_state(self, memory: Memory):
         """``(carries, h̃_0 = 0, t = 0)``."""
-        return memory.carries, jnp.zeros((self.config.hidden_dim,)), jnp.zeros((), jnp.int32)
+        return memory.carries, jnp.zeros((self.config.hidden_dim,), self.dtype), jnp.zeros((), jnp.int32)
 
     def _center(self, memory: Memory, h, t):
         """p_t for local attention (None for global)."""
         if self.config.attention == "local-m":
             return jnp.minimum(t, memory.length - 1).astype(jnp.float32)
         if self.config.attention == "local-p":
-            return memory.length.astype(jnp.float32) * jax.nn.sigmoid(self.position_v(jnp.tanh(self.position(h)))[0])
+            score = self.position_v(jnp.tanh(self.position(h)))[0].astype(jnp.float32)
+            return memory.length.astype(jnp.float32) * jax.nn.sigmoid(score)
         return None
 
     def _step(self, memory: Memory, state, y_emb, key=None):
@@ -114,7 +118,7 @@ class Luong(nnx.Module):
         k_emb, k_step, k_out = split_keys(key, 3)
         y_emb = dropout(k_emb, self.tgt_embed(y_prev), self.config.dropout)
         state, h_tilde, weights = self._step(memory, state, y_emb, k_step)
-        return state, self.output(dropout(k_out, h_tilde, self.config.dropout)), weights
+        return state, self._logits(h_tilde, k_out), weights
 
     def __call__(self, src, src_length, tgt_in, key=None):
         """Teacher forcing on tgt_in (T,) = [<bos>, y_1, ...]: ``(logits (T, V), weights (T, S))``.
@@ -132,4 +136,8 @@ class Luong(nnx.Module):
             return state, (h_tilde, weights)
 
         _, (h_tilde, weights) = jax.lax.scan(step, self.initial_decoder_state(memory), (y_emb, step_keys))
-        return self.output(dropout(k_out, h_tilde, self.config.dropout)), weights
+        return self._logits(h_tilde, k_out), weights
+
+    def _logits(self, h_tilde, key):
+        """Softmax logits W_s h̃_t, float32: (..., H) -> (..., V)."""
+        return self.output(dropout(key, h_tilde, self.config.dropout)).astype(jnp.float32)

@@ -21,7 +21,7 @@ from flax import nnx
 from zoo.config import SutskeverConfig
 from zoo.functional.layers import dropout, split_keys
 from zoo.functional.masks import length_mask, reverse_padded
-from zoo.nn import StackedRNN
+from zoo.nn import StackedRNN, compute_dtype
 
 
 class Memory(NamedTuple):
@@ -39,11 +39,18 @@ class Sutskever(nnx.Module):
     def __init__(self, config: SutskeverConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
-        self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, rngs=rngs)
-        self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, rngs=rngs)
-        self.encoder = StackedRNN("lstm", c.embed_dim, c.hidden_dim, c.num_layers, dropout=c.dropout, rngs=rngs)
-        self.decoder = StackedRNN("lstm", c.embed_dim, c.hidden_dim, c.num_layers, dropout=c.dropout, rngs=rngs)
-        self.output = nnx.Linear(c.hidden_dim, c.tgt_vocab_size, rngs=rngs)
+        dtype = compute_dtype(c.dtype)
+        self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
+        self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
+        self.encoder = StackedRNN("lstm", c.embed_dim, c.hidden_dim, c.num_layers, dropout=c.dropout, dtype=dtype,
+                                  rngs=rngs)
+        self.decoder = StackedRNN("lstm", c.embed_dim, c.hidden_dim, c.num_layers, dropout=c.dropout, dtype=dtype,
+                                  rngs=rngs)
+        self.output = nnx.Linear(c.hidden_dim, c.tgt_vocab_size, dtype=dtype, rngs=rngs)
+
+    def _logits(self, h, key):
+        """Softmax logits W_o h, float32: h (..., H) -> (..., V)."""
+        return self.output(dropout(key, h, self.config.dropout)).astype(jnp.float32)
 
     def encode(self, src, src_length, key=None) -> Memory:
         """src int32 (S,), src_length int scalar -> :class:`Memory`."""
@@ -62,8 +69,7 @@ class Sutskever(nnx.Module):
         k_emb, k_rnn, k_out = split_keys(key, 3)
         x = dropout(k_emb, self.tgt_embed(y_prev), self.config.dropout)
         state, h = self.decoder.step(state, x, k_rnn)
-        logits = self.output(dropout(k_out, h, self.config.dropout))
-        return state, logits, jnp.zeros(memory.mask.shape)
+        return state, self._logits(h, k_out), jnp.zeros(memory.mask.shape)
 
     def __call__(self, src, src_length, tgt_in, key=None):
         """Teacher forcing on tgt_in (T,) = [<bos>, y_1, ...]: ``(logits (T, V), zeros (T, S))``."""
@@ -71,5 +77,4 @@ class Sutskever(nnx.Module):
         memory = self.encode(src, src_length, k_enc)
         y = dropout(k_emb, self.tgt_embed(tgt_in), self.config.dropout)
         hs, _ = self.decoder(y, tgt_in.shape[0], k_rnn, carries=memory.carries)
-        logits = self.output(dropout(k_out, hs, self.config.dropout))
-        return logits, jnp.zeros((tgt_in.shape[0], src.shape[0]))
+        return self._logits(hs, k_out), jnp.zeros((tgt_in.shape[0], src.shape[0]))

@@ -19,8 +19,17 @@ instead (cross-attention has no positions). A pre-LN model ends each stack with 
 Decoding runs one target position at a time with a cache of every decoder layer's self-attention
 keys and values (M positions); the cross-attention keys and values are taken once in ``encode``.
 Attention weights returned: the cross-attention of every decoder layer and head, (L, N, S) per
-step. Dropout (``config.dropout``) acts on the embeddings and every sublayer's output.
+step, by ``decode_step`` and, when asked (``return_weights=True``), by the teacher-forced
+``__call__``; the training loss never computes them and runs ``config.attention_impl`` (fused
+XLA/cuDNN or blocked attention, padding given as lengths: see :class:`zoo.nn.MultiHeadAttention`).
+Dropout (``config.dropout``) acts on the embeddings and every sublayer's output.
+
+Mixed precision (``config.dtype``, :mod:`zoo.nn.precision`): embeddings, projections, attention
+products and the FFN run in the compute dtype, the decoder cache holds it; layer-norm statistics,
+softmax and the returned logits are float32.
 """
+
+import math
 
 from typing import NamedTuple
 
@@ -31,8 +40,7 @@ from flax import nnx
 from zoo.config import TransformerConfig
 from zoo.functional import positional as pe
 from zoo.functional.layers import dropout, split_keys
-from zoo.functional.masks import causal_mask, length_mask
-from zoo.nn import MultiHeadAttention
+from zoo.nn import MultiHeadAttention, compute_dtype
 
 POSITIONAL = ("sinusoidal", "sinusoidal-concat", "learned", "shaw", "rope", "alibi")
 ABSOLUTE = ("sinusoidal", "sinusoidal-concat", "learned")
@@ -43,20 +51,29 @@ class Memory(NamedTuple):
     """What the encoder leaves for the decoder (one sentence)."""
 
     cross_kv: list  # per decoder layer, (K, V) each (S, N, d_head): cross-attention keys and values
-    mask: jax.Array  # (S,) True on real tokens
+    length: jax.Array  # int32 scalar: the real source tokens, the rest is padding
 
 
-def layer_norm(d_model: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """Layer normalisation (Ba et al. 2016) with ε = 1e-5, PyTorch's, so imported weights agree."""
-    return nnx.LayerNorm(d_model, epsilon=1e-5, rngs=rngs)
+class LayerNorm(nnx.LayerNorm):
+    """Layer normalisation (Ba et al. 2016) computed in float32 (statistics, scale and shift)
+    whatever the input's dtype, and returned in the input's dtype. (Flax's own, given a bfloat16
+    ``dtype``, promotes bfloat16 with float32 implicitly, which strict dtype promotion refuses.)"""
+
+    def __call__(self, x):
+        return super().__call__(x.astype(jnp.float32)).astype(x.dtype)
+
+
+def layer_norm(d_model: int, rngs: nnx.Rngs) -> LayerNorm:
+    """Layer normalisation with ε = 1e-5, PyTorch's, so imported weights agree."""
+    return LayerNorm(d_model, epsilon=1e-5, rngs=rngs)
 
 
 class FeedForward(nnx.Module):
     """Position-wise feed-forward network FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (eq. 2)."""
 
-    def __init__(self, d_model: int, d_ff: int, *, rngs: nnx.Rngs):
-        self.hidden = nnx.Linear(d_model, d_ff, rngs=rngs)
-        self.out = nnx.Linear(d_ff, d_model, rngs=rngs)
+    def __init__(self, d_model: int, d_ff: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(d_model, d_ff, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(d_ff, d_model, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, key=None, rate: float = 0.0):
         return self.out(dropout(key, jax.nn.relu(self.hidden(x)), rate))
@@ -78,63 +95,70 @@ class Sublayer(nnx.Module):
         return y if self.pre else self.norm(y)
 
 
-def _relative(config: TransformerConfig):
-    return None if config.positional in ABSOLUTE else config.positional
+def _attention(c: TransformerConfig, positional: bool) -> dict:
+    """MultiHeadAttention's options: relative positions in self-attention (``positional``) only."""
+    relative = None if c.positional in ABSOLUTE or not positional else c.positional
+    return dict(relative=relative, max_relative_position=c.max_relative_position, dtype=compute_dtype(c.dtype),
+                implementation=c.attention_impl, block_size=c.attention_block_size)
+
+
+def _sublayers(c: TransformerConfig, num: int, rngs: nnx.Rngs) -> nnx.List:
+    return nnx.List([Sublayer(c.d_model, c.norm, c.dropout, rngs=rngs) for _ in range(num)])
 
 
 class EncoderLayer(nnx.Module):
     def __init__(self, c: TransformerConfig, *, rngs: nnx.Rngs):
-        self.self_attention = MultiHeadAttention(c.d_model, c.num_heads, relative=_relative(c),
-                                                 max_relative_position=c.max_relative_position, rngs=rngs)
-        self.ffn = FeedForward(c.d_model, c.d_ff, rngs=rngs)
-        self.sublayers = nnx.List([Sublayer(c.d_model, c.norm, c.dropout, rngs=rngs) for _ in range(2)])
+        self.self_attention = MultiHeadAttention(c.d_model, c.num_heads, **_attention(c, True), rngs=rngs)
+        self.ffn = FeedForward(c.d_model, c.d_ff, dtype=compute_dtype(c.dtype), rngs=rngs)
+        self.sublayers = _sublayers(c, 2, rngs)
         self.rate = c.dropout
 
-    def __call__(self, x, positions, mask, key=None):
-        """x (S, D), positions int (S,), mask bool (S,) -> (S, D)."""
+    def __call__(self, x, positions, length, key=None):
+        """x (S, D), positions int (S,), length int scalar: the real tokens (the rest padding) -> (S, D)."""
         k_att, k_ffn, k_ffn_in = split_keys(key, 3)
         h = self.sublayers[0].input(x)
-        a, _ = self.self_attention(h, h, mask[None, None, :], positions, positions)
+        a, _ = self.self_attention(h, h, length, False, positions, positions)
         x = self.sublayers[0](x, a, k_att)
         return self.sublayers[1](x, self.ffn(self.sublayers[1].input(x), k_ffn_in, self.rate), k_ffn)
 
 
 class DecoderLayer(nnx.Module):
     def __init__(self, c: TransformerConfig, *, rngs: nnx.Rngs):
-        self.self_attention = MultiHeadAttention(c.d_model, c.num_heads, relative=_relative(c),
-                                                 max_relative_position=c.max_relative_position, rngs=rngs)
-        self.cross_attention = MultiHeadAttention(c.d_model, c.num_heads, rngs=rngs)
-        self.ffn = FeedForward(c.d_model, c.d_ff, rngs=rngs)
-        self.sublayers = nnx.List([Sublayer(c.d_model, c.norm, c.dropout, rngs=rngs) for _ in range(3)])
+        self.self_attention = MultiHeadAttention(c.d_model, c.num_heads, **_attention(c, True), rngs=rngs)
+        self.cross_attention = MultiHeadAttention(c.d_model, c.num_heads, **_attention(c, False), rngs=rngs)
+        self.ffn = FeedForward(c.d_model, c.d_ff, dtype=compute_dtype(c.dtype), rngs=rngs)
+        self.sublayers = _sublayers(c, 3, rngs)
         self.rate = c.dropout
 
-    def __call__(self, x, positions, self_mask, cross_kv, src_mask, key=None, cache=None):
+    def __call__(self, x, positions, cross_kv, src_length, key=None, cache=None, return_weights: bool = False):
         """One decoder layer on targets x (Tq, D) at positions (Tq,).
 
         Args:
-          self_mask: bool broadcastable to (N, Tq, Tk): the keys each query may read.
-          cross_kv: (K, V) of the encoder output, each (S, N, d_head). src_mask: bool (S,).
-          cache: None (teacher forcing: the keys are x's own), or this layer's cached
-            ``(K, V)`` (M, N, d_head); x's keys are written at ``positions[0]``.
+          cross_kv: (K, V) of the encoder output, each (S, N, d_head). src_length: int scalar,
+            the real source tokens.
+          cache: None (teacher forcing: the keys are x's own, under the causal mask), or this
+            layer's cached ``(K, V)`` (M, N, d_head) for one step (Tq = 1): x's keys are written at
+            ``positions[0]`` and the keys at positions <= ``positions[0]`` are read.
+          return_weights: compute the cross-attention weights (the reference path).
 
         Returns:
-          ``(x' (Tq, D), (K, V) the keys read, cross-attention weights (N, Tq, S))``.
+          ``(x' (Tq, D), (K, V) the keys read, cross-attention weights (N, Tq, S) or None)``.
         """
         k_self, k_cross, k_ffn, k_ffn_in = split_keys(key, 4)
         first, second, third = self.sublayers
         h = first.input(x)
         keys, values = self.self_attention.keys_values(h, positions)
-        key_positions = positions
+        key_positions, key_length = positions, None
         if cache is not None:
             keys = jax.lax.dynamic_update_slice_in_dim(cache[0], keys, positions[0], axis=0)
             values = jax.lax.dynamic_update_slice_in_dim(cache[1], values, positions[0], axis=0)
-            key_positions = jnp.arange(keys.shape[0])
-        a, _ = self.self_attention.attend(self.self_attention.queries(h, positions), keys, values, self_mask,
-                                          positions, key_positions)
+            key_positions, key_length = jnp.arange(keys.shape[0]), positions[0] + 1
+        a, _ = self.self_attention.attend(self.self_attention.queries(h, positions), keys, values, positions,
+                                          key_positions, key_length, causal=cache is None)
         x = first(x, a, k_self)
         h = second.input(x)
-        a, weights = self.cross_attention.attend(self.cross_attention.queries(h, positions), *cross_kv,
-                                                 src_mask[None, None, :], positions, None)
+        a, weights = self.cross_attention.attend(self.cross_attention.queries(h, positions), *cross_kv, positions, None,
+                                                 src_length, return_weights=return_weights)
         x = second(x, a, k_cross)
         x = third(x, self.ffn(third.input(x), k_ffn_in, self.rate), k_ffn)
         return x, (keys, values), weights
@@ -146,7 +170,8 @@ class Transformer(nnx.Module):
     Dropout takes an explicit PRNG ``key``; ``key=None`` means evaluation (no dropout).
 
     Raises:
-      ValueError: unknown ``positional`` or ``norm``, or d_model not divisible by num_heads.
+      ValueError: unknown ``positional``, ``norm``, ``dtype`` or ``attention_impl``, d_model not
+        divisible by num_heads, or Shaw's positions with a fused or blocked ``attention_impl``.
     """
 
     has_attention = True
@@ -157,63 +182,68 @@ class Transformer(nnx.Module):
             raise ValueError(f"unknown positional encoding {c.positional!r}; choose from {', '.join(POSITIONAL)}")
         if c.norm not in NORMS:
             raise ValueError(f"unknown norm {c.norm!r}; choose from pre, post")
-        self.config = c
-        self.src_embed = nnx.Embed(c.src_vocab_size, c.d_model, rngs=rngs)
-        self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.d_model, rngs=rngs)
+        self.config, self.dtype = c, compute_dtype(c.dtype)
+        self.src_embed = nnx.Embed(c.src_vocab_size, c.d_model, dtype=self.dtype, rngs=rngs)
+        self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.d_model, dtype=self.dtype, rngs=rngs)
         if c.positional == "learned":
             init = nnx.initializers.normal(c.d_model**-0.5)
-            self.src_positions = nnx.Embed(c.max_length, c.d_model, embedding_init=init, rngs=rngs)
-            self.tgt_positions = nnx.Embed(c.max_length, c.d_model, embedding_init=init, rngs=rngs)
+            self.src_positions = nnx.Embed(c.max_length, c.d_model, embedding_init=init, dtype=self.dtype, rngs=rngs)
+            self.tgt_positions = nnx.Embed(c.max_length, c.d_model, embedding_init=init, dtype=self.dtype, rngs=rngs)
         self.encoder = nnx.List([EncoderLayer(c, rngs=rngs) for _ in range(c.num_encoder_layers)])
         self.decoder = nnx.List([DecoderLayer(c, rngs=rngs) for _ in range(c.num_decoder_layers)])
         if c.norm == "pre":
             self.encoder_norm = layer_norm(c.d_model, rngs)
             self.decoder_norm = layer_norm(c.d_model, rngs)
         if not c.share_embeddings:
-            self.output = nnx.Linear(c.d_model, c.tgt_vocab_size, rngs=rngs)
+            self.output = nnx.Linear(c.d_model, c.tgt_vocab_size, dtype=self.dtype, rngs=rngs)
 
     def _embed(self, tokens, positions, embed: nnx.Embed, table, key):
-        """√D · E[tokens] plus the absolute position encoding, dropped out: (T, D)."""
+        """√D · E[tokens] plus the absolute position encoding, dropped out: (T, D) in the compute dtype."""
         c = self.config
-        x = embed(tokens) * jnp.sqrt(jnp.float32(c.d_model))
+        x = embed(tokens) * math.sqrt(c.d_model)
         if c.positional == "learned":
             x = x + table(positions)
         elif c.positional in ("sinusoidal", "sinusoidal-concat"):
             layout = "concat" if c.positional == "sinusoidal-concat" else "interleaved"
-            x = x + pe.sinusoidal(positions, c.d_model, layout)
+            x = x + pe.sinusoidal(positions, c.d_model, layout).astype(self.dtype)
         return dropout(key, x, c.dropout)
 
     def encode(self, src, src_length, key=None) -> Memory:
         """src int32 (S,), src_length int scalar -> :class:`Memory`."""
         k_emb, *k_layers = split_keys(key, 1 + len(self.encoder))
         positions = jnp.arange(src.shape[0])
-        mask = length_mask(src_length, src.shape[0])
         x = self._embed(src, positions, self.src_embed, getattr(self, "src_positions", None), k_emb)
         for layer, k in zip(self.encoder, k_layers):
-            x = layer(x, positions, mask, k)
+            x = layer(x, positions, src_length, k)
         if self.config.norm == "pre":
             x = self.encoder_norm(x)
-        return Memory([layer.cross_attention.keys_values(x, positions) for layer in self.decoder], mask)
+        return Memory([layer.cross_attention.keys_values(x, positions) for layer in self.decoder],
+                      jnp.asarray(src_length, jnp.int32))
 
-    def _decode(self, memory: Memory, y, positions, self_mask, caches, key):
-        """The decoder stack on target tokens y (Tq,) -> (logits (Tq, V), caches, weights (Tq, L, N, S))."""
+    def _decode(self, memory: Memory, y, positions, caches, key, return_weights: bool):
+        """The decoder stack on target tokens y (Tq,) -> (logits float32 (Tq, V), caches,
+        weights (Tq, L, N, S) or None); without caches the self-attention is causal."""
         k_emb, *k_layers = split_keys(key, 1 + len(self.decoder))
         x = self._embed(y, positions, self.tgt_embed, getattr(self, "tgt_positions", None), k_emb)
         new_caches, weights = [], []
         for layer, cross_kv, cache, k in zip(self.decoder, memory.cross_kv, caches, k_layers):
-            x, kv, w = layer(x, positions, self_mask, cross_kv, memory.mask, k, cache)
+            x, kv, w = layer(x, positions, cross_kv, memory.length, k, cache, return_weights)
             new_caches.append(kv)
             weights.append(w)
         if self.config.norm == "pre":
             x = self.decoder_norm(x)
-        logits = self.tgt_embed.attend(x) if self.config.share_embeddings else self.output(x)
+        logits = (self.tgt_embed.attend(x) if self.config.share_embeddings else self.output(x)).astype(jnp.float32)
+        if not return_weights:
+            return logits, new_caches, None
         return logits, new_caches, jnp.stack(weights, axis=1).swapaxes(0, 2)  # (N, L, Tq, S) -> (Tq, L, N, S)
 
     def initial_decoder_state(self, memory: Memory):
-        """``(caches, t = 0)``: every decoder layer's self-attention (K, V), zeros (M, N, d_head)."""
+        """``(caches, t = 0)``: every decoder layer's self-attention (K, V), zeros (M, N, d_head)
+        in the compute dtype."""
         c = self.config
         shape = (c.max_length, c.num_heads, c.d_model // c.num_heads)
-        return [(jnp.zeros(shape), jnp.zeros(shape)) for _ in self.decoder], jnp.zeros((), jnp.int32)
+        zeros = jnp.zeros(shape, self.dtype)
+        return [(zeros, zeros) for _ in self.decoder], jnp.zeros((), jnp.int32)
 
     def decode_step(self, memory: Memory, state, y_prev, key=None):
         """One step at position t: previous token y_prev (int) -> (state, logits (V,), weights (L, N, S)).
@@ -221,20 +251,20 @@ class Transformer(nnx.Module):
         Reads the cache at positions <= t; at most ``config.max_length`` steps.
         """
         caches, t = state
-        self_mask = (jnp.arange(self.config.max_length) <= t)[None, None, :]
-        logits, caches, weights = self._decode(memory, jnp.reshape(y_prev, (1,)), jnp.reshape(t, (1,)), self_mask,
-                                               caches, key)
+        logits, caches, weights = self._decode(memory, jnp.reshape(y_prev, (1,)), jnp.reshape(t, (1,)), caches, key,
+                                               return_weights=True)
         return (caches, t + 1), logits[0], weights[0]
 
-    def __call__(self, src, src_length, tgt_in, key=None):
+    def __call__(self, src, src_length, tgt_in, key=None, return_weights: bool = False):
         """Teacher forcing on tgt_in (T,) = [<bos>, y_1, ...], all positions at once under the causal mask.
 
         Returns:
-          ``(logits (T, V), weights (T, L, N, S))``: the cross-attention of every layer and head.
+          ``(logits float32 (T, V), weights)``: with ``return_weights`` the cross-attention of every
+          layer and head (T, L, N, S), by the reference path; otherwise None, and no attention
+          weights are computed (the training loss: ``config.attention_impl`` runs).
         """
         k_enc, k_dec = split_keys(key, 2)
         memory = self.encode(src, src_length, k_enc)
         positions = jnp.arange(tgt_in.shape[0])
-        logits, _, weights = self._decode(memory, tgt_in, positions, causal_mask(tgt_in.shape[0])[None],
-                                          [None] * len(self.decoder), k_dec)
+        logits, _, weights = self._decode(memory, tgt_in, positions, [None] * len(self.decoder), k_dec, return_weights)
         return logits, weights

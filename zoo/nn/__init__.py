@@ -4,6 +4,7 @@ Every module works on one example (no batch axis); batching is ``jax.vmap`` by t
 """
 
 from zoo.nn.attention import Attention, MultiHeadAttention
+from zoo.nn.precision import compute_dtype
 from zoo.nn.recurrent import Bidirectional, RNNLayer, StackedRNN
 
-__all__ = ["Attention", "MultiHeadAttention", "Bidirectional", "RNNLayer", "StackedRNN"]
+__all__ = ["Attention", "MultiHeadAttention", "Bidirectional", "RNNLayer", "StackedRNN", "compute_dtype"]

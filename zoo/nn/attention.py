@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from zoo.functional import attention, positional
+from zoo.functional import attention, masks, positional
 from zoo.functional.counting import record
 
 RELATIVE = (None, "shaw", "rope", "alibi")
+IMPLEMENTATIONS = ("reference", "xla", "cudnn", "blocked")  # scaled dot-product paths of MultiHeadAttention
 
 
 class Attention(nnx.Module):
@@ -29,6 +30,7 @@ class Attention(nnx.Module):
         around it are gathered and scored. None: global attention.
       gaussian: local-p: multiply the weights by exp(−(s − p_t)²/(2σ²)), σ = D/2 (eq. 10); the
         weights then sum to less than 1, as in the paper.
+      dtype: the compute dtype (:mod:`zoo.nn.precision`); the parameters are cast to it at use.
 
     Raises:
       ValueError: unknown score, widths a parameter-free score cannot compare, or hard
@@ -36,12 +38,13 @@ class Attention(nnx.Module):
     """
 
     def __init__(self, score: str, query_dim: int, key_dim: int, attention_dim: int, *, hard: bool = False,
-                 window: int | None = None, gaussian: bool = False, rngs: nnx.Rngs):
+                 window: int | None = None, gaussian: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
         if hard and gaussian:
             raise ValueError("hard attention picks one position; it has no Gaussian-weighted (local-p) form")
         if gaussian and window is None:
             raise ValueError("the Gaussian (local-p) weighting needs a window")
         self.score_name, self.hard, self.window, self.gaussian = score, hard, window, gaussian
+        self.dtype = dtype
         params = attention.get_score(score).init(rngs.params(), query_dim, key_dim, attention_dim)
         self.names = tuple(params)
         for name, value in params.items():
@@ -49,7 +52,7 @@ class Attention(nnx.Module):
 
     @property
     def params(self) -> dict:
-        return {name: getattr(self, name)[...] for name in self.names}
+        return {name: getattr(self, name)[...].astype(self.dtype) for name in self.names}
 
     def project_keys(self, keys):
         """The query-independent part of the score for every source position: keys (S, K) -> (S, K').
@@ -85,36 +88,80 @@ class Attention(nnx.Module):
         return context, weights
 
 
+def attention_implementation(name: str, dtype, d_head: int, relative: str | None = None) -> str:
+    """The scaled dot-product implementation a :class:`MultiHeadAttention` uses for ``name``.
+
+    "auto" picks cuDNN's flash attention for bfloat16 on an NVIDIA GPU when d_head fits it (a
+    multiple of 8, at most 128), XLA's kernel otherwise; with Shaw's relative positions, whose
+    value term reads the attention weights, it picks the reference path.
+
+    Args:
+      name: one of :data:`IMPLEMENTATIONS` or "auto". dtype: the compute dtype. d_head: the head
+        width. relative: the module's relative positions (None, "shaw", "rope", "alibi").
+
+    Raises:
+      ValueError: an unknown name, or a path other than "reference" with Shaw's relative positions.
+    """
+    if name not in IMPLEMENTATIONS + ("auto",):
+        raise ValueError(f"unknown attention implementation {name!r}; choose from auto, {', '.join(IMPLEMENTATIONS)}")
+    if relative == "shaw":
+        if name not in ("auto", "reference"):
+            raise ValueError(f"Shaw's relative positions read the attention weights: attention_impl={name!r} cannot "
+                             "serve them (use reference or auto)")
+        return "reference"
+    if name != "auto":
+        return name
+    device = jax.devices()[0]
+    nvidia = device.platform == "gpu" and "cuda" in device.client.platform_version.lower()
+    fits_cudnn = dtype == jnp.bfloat16 and d_head % 8 == 0 and d_head <= 128
+    return "cudnn" if nvidia and fits_cudnn else "xla"
+
+
 class MultiHeadAttention(nnx.Module):
     """Multi-head attention (Vaswani et al. 2017, section 3.2.2):
 
         head_n = Attention(X_q W_Q^n, X_k W_K^n, X_v W_V^n),  n = 1..N
         MultiHead = [head_1; ...; head_N] W_O,   W_O: (N·d_head, d_model)
 
-    with the scaled dot-product attention of :func:`zoo.functional.attention.scaled_dot_product_attention`
-    and, optionally, relative positions inside it: Shaw et al.'s (2018) tables a^K, a^V shared by
-    the heads, RoPE (rotating queries and keys) or ALiBi (a per-head distance bias).
+    with the scaled dot-product attention of :mod:`zoo.functional.attention` and, optionally,
+    relative positions inside it: Shaw et al.'s (2018) tables a^K, a^V shared by the heads, RoPE
+    (rotating queries and keys) or ALiBi (a per-head distance bias).
+
+    The attention weights are computed only when asked for (``return_weights``: plots,
+    ``translate``, ``decode_step``) and then always by the reference path
+    (:func:`~zoo.functional.attention.scaled_dot_product_attention`); otherwise ``implementation``
+    runs: "reference", "xla" or "cudnn" (:func:`~zoo.functional.attention.fused_attention`:
+    padding as key lengths, causality as ``is_causal``, ALiBi as a bias) or "blocked"
+    (:func:`~zoo.functional.attention.blocked_attention`, memory linear in the length). Shaw's
+    value term Σ_j α_ij a^V_ij needs the weights: "reference" only.
 
     Parameters: ``w_query``, ``w_key``, ``w_value`` (d_model, N·d_head) with biases ``b_*`` (N·d_head,),
     ``w_out`` (N·d_head, d_model), ``b_out`` (d_model,); with Shaw, ``relative_key`` and
-    ``relative_value`` (2k+1, d_head).
+    ``relative_value`` (2k+1, d_head). They are float32, cast to ``dtype`` at use.
 
     Args:
       d_model: model width. num_heads: N; d_head = d_model / N.
       relative: None, "shaw", "rope" or "alibi". max_relative_position: Shaw's clipping distance k.
+      dtype: the compute dtype (:mod:`zoo.nn.precision`): projections and attention products run
+        in it; logits and softmax in float32. Inputs must have it.
+      implementation: one of :data:`IMPLEMENTATIONS`, or "auto" (see :func:`attention_implementation`).
+        block_size: keys per block of "blocked".
 
     Raises:
-      ValueError: d_model not divisible by num_heads, or unknown ``relative``.
+      ValueError: d_model not divisible by num_heads, unknown ``relative`` or ``implementation``,
+        or Shaw's positions with an implementation other than "reference".
     """
 
     def __init__(self, d_model: int, num_heads: int, *, relative: str | None = None, max_relative_position: int = 16,
-                 rngs: nnx.Rngs):
+                 dtype=jnp.float32, implementation: str = "reference", block_size: int = 128, rngs: nnx.Rngs):
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
         if relative not in RELATIVE:
             raise ValueError(f"unknown relative position method {relative!r}; choose from shaw, rope, alibi")
         self.num_heads, self.d_head, self.relative = num_heads, d_model // num_heads, relative
-        self.max_relative_position = max_relative_position
+        self.max_relative_position, self.dtype = max_relative_position, dtype
+        self.implementation = attention_implementation(implementation, dtype, self.d_head, relative)
+        self.block_size = block_size
         glorot, width = jax.nn.initializers.glorot_uniform(), num_heads * self.d_head
         for name in ("query", "key", "value"):
             setattr(self, f"w_{name}", nnx.Param(glorot(rngs.params(), (d_model, width))))
@@ -126,9 +173,13 @@ class MultiHeadAttention(nnx.Module):
             self.relative_key = nnx.Param(glorot(rngs.params(), shape))
             self.relative_value = nnx.Param(glorot(rngs.params(), shape))
 
+    def _param(self, name: str):
+        """A parameter in the compute dtype."""
+        return getattr(self, name)[...].astype(self.dtype)
+
     def _project(self, x, name: str, positions):
         """x (T, d_model) -> (T, N, d_head), rotated by RoPE for queries and keys."""
-        y = (x @ getattr(self, f"w_{name}")[...] + getattr(self, f"b_{name}")[None, :]).reshape(
+        y = (x @ self._param(f"w_{name}") + self._param(f"b_{name}")[None, :]).reshape(
             x.shape[0], self.num_heads, self.d_head)
         if self.relative == "rope" and name != "value":
             y = positional.rotary(y, positions)
@@ -143,38 +194,55 @@ class MultiHeadAttention(nnx.Module):
         A decoder caches them; cross-attention takes them once per source sentence."""
         return self._project(x, "key", positions), self._project(x, "value", positions)
 
-    def attend(self, query, key, value, mask, query_positions, key_positions):
+    def attend(self, query, key, value, query_positions, key_positions, key_length=None, causal: bool = False,
+               return_weights: bool = False):
         """Attention of projected queries (Tq, N, d_head) over projected keys and values (Tk, N, d_head).
 
         Args:
-          mask: bool broadcastable to (N, Tq, Tk), True where query i may read key j, or None.
           query_positions: int (Tq,). key_positions: int (Tk,) (used by Shaw and ALiBi).
+          key_length: int scalar, the keys j < key_length are real (the rest padding); None: all.
+          causal: query i reads keys j <= i only (the decoder's self-attention on a whole sentence).
+          return_weights: compute and return the attention weights (the reference path).
 
         Returns:
-          ``(output (Tq, d_model), weights (N, Tq, Tk))``.
+          ``(output (Tq, d_model), weights (N, Tq, Tk) or None)``.
         """
-        bias = None
-        if self.relative == "shaw":
-            indices = positional.relative_positions(query_positions, key_positions, self.max_relative_position)
-            bias = positional.relative_logits(query, self.relative_key[...], indices)
-        elif self.relative == "alibi":
-            bias = positional.alibi_bias(positional.alibi_slopes(self.num_heads), query_positions, key_positions)
-        heads, weights = attention.scaled_dot_product_attention(query, key, value, mask, bias)
-        if self.relative == "shaw":
-            heads = heads + positional.relative_values(weights, self.relative_value[...], indices)
-        output = heads.reshape(heads.shape[0], -1) @ self.w_out[...] + self.b_out[None, :]
-        return output, weights
+        num_queries, num_keys = query.shape[0], key.shape[0]
+        bias_fn = None  # ALiBi's bias of the keys at given indices, (N, Tq, B)
+        if self.relative == "alibi":
+            slopes = positional.alibi_slopes(self.num_heads)
+            bias_fn = lambda j: positional.alibi_bias(slopes, query_positions, jnp.take(key_positions, j, mode="clip"))
+        weights = None
+        if return_weights or self.implementation == "reference":
+            bias = None if bias_fn is None else bias_fn(jnp.arange(num_keys))
+            if self.relative == "shaw":
+                indices = positional.relative_positions(query_positions, key_positions, self.max_relative_position)
+                bias = positional.relative_logits(query, self._param("relative_key"), indices)
+            mask = masks.attention_mask(num_queries, num_keys, key_length, causal)
+            heads, weights = attention.scaled_dot_product_attention(query, key, value, mask, bias)
+            if self.relative == "shaw":
+                heads = heads + positional.relative_values(weights, self._param("relative_value"), indices)
+        elif self.implementation == "blocked":
+            heads = attention.blocked_attention(query, key, value, key_length, causal, bias_fn, self.block_size)
+        else:
+            bias = None if bias_fn is None else bias_fn(jnp.arange(num_keys))
+            heads = attention.fused_attention(query, key, value, key_length, causal, bias, self.implementation)
+        output = heads.reshape(num_queries, -1) @ self._param("w_out") + self._param("b_out")[None, :]
+        return output, weights if return_weights else None
 
-    def __call__(self, inputs_q, inputs_kv, mask=None, query_positions=None, key_positions=None):
+    def __call__(self, inputs_q, inputs_kv, key_length=None, causal: bool = False, query_positions=None,
+                 key_positions=None, return_weights: bool = False):
         """Attention of inputs_q (Tq, d_model) over inputs_kv (Tk, d_model) (the same array for
-        self-attention); positions default to 0..T−1.
+        self-attention); positions default to 0..T−1; ``key_length``, ``causal`` and
+        ``return_weights`` as :meth:`attend`.
 
         Returns:
-          ``(output (Tq, d_model), weights (N, Tq, Tk))``.
+          ``(output (Tq, d_model), weights (N, Tq, Tk) or None)``.
         """
         if query_positions is None:
             query_positions = jnp.arange(inputs_q.shape[0])
         if key_positions is None:
             key_positions = jnp.arange(inputs_kv.shape[0])
         key, value = self.keys_values(inputs_kv, key_positions)
-        return self.attend(self.queries(inputs_q, query_positions), key, value, mask, query_positions, key_positions)
+        return self.attend(self.queries(inputs_q, query_positions), key, value, query_positions, key_positions,
+                           key_length, causal, return_weights)

@@ -30,14 +30,16 @@ class RNNLayer(nnx.Module):
       reset_after: GRU only: True is the cuDNN/PyTorch form, False Cho et al. (2014) as published.
       forget_bias: LSTM only: initial value of the forget gate's bias.
       unroll: time steps per loop iteration of :meth:`scan` (``lax.scan``'s ``unroll``; same values).
+      dtype: the compute dtype (:mod:`zoo.nn.precision`): the parameters (float32) are cast to it
+        at use, and the inputs and carries must have it.
     """
 
     def __init__(self, cell: str, input_dim: int, hidden_dim: int, *, reset_after: bool = True,
-                 forget_bias: float = 1.0, unroll: int = 1, rngs: nnx.Rngs):
+                 forget_bias: float = 1.0, unroll: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
         if cell not in cells.NUM_GATES:
             raise ValueError(f"unknown cell {cell!r}; choose from {', '.join(cells.NUM_GATES)}")
         gates = cells.NUM_GATES[cell]
-        self.cell, self.hidden_dim, self.reset_after, self.unroll = cell, hidden_dim, reset_after, unroll
+        self.cell, self.hidden_dim, self.reset_after, self.unroll, self.dtype = cell, hidden_dim, reset_after, unroll, dtype
         self.w_i = nnx.Param(jax.nn.initializers.glorot_uniform()(rngs.params(), (input_dim, gates * hidden_dim)))
         b_i = jnp.zeros((gates * hidden_dim,))
         if cell == "lstm":
@@ -48,11 +50,12 @@ class RNNLayer(nnx.Module):
 
     @property
     def params(self) -> dict:
-        return {"w_i": self.w_i[...], "b_i": self.b_i[...], "w_h": self.w_h[...], "b_h": self.b_h[...]}
+        """The cell's parameters in the compute dtype."""
+        return {name: getattr(self, name)[...].astype(self.dtype) for name in ("w_i", "b_i", "w_h", "b_h")}
 
-    def initial_carry(self, dtype=jnp.float32):
-        """Zero carry: h (H,), or ``(h, c)`` for the LSTM."""
-        return cells.initial_carry(self.cell, self.hidden_dim, dtype)
+    def initial_carry(self):
+        """Zero carry in the compute dtype: h (H,), or ``(h, c)`` for the LSTM."""
+        return cells.initial_carry(self.cell, self.hidden_dim, self.dtype)
 
     def __call__(self, carry, x):
         """One step on x (D,): ``(carry, x) -> (carry', h')``."""
@@ -63,7 +66,7 @@ class RNNLayer(nnx.Module):
     def scan(self, xs, seq_length, carry=None, reverse: bool = False):
         """Run over xs (T, D) with ``seq_length`` real steps: ``(carry_last, hs (T, H))``, hs zero at padding."""
         if carry is None:
-            carry = self.initial_carry(xs.dtype)
+            carry = self.initial_carry()
         return cells.recurrent(self.cell, self.params, xs, seq_length, carry, reverse, self.reset_after, self.unroll)
 
 
@@ -106,11 +109,11 @@ class StackedRNN(nnx.Module):
             layer(cell, input_dim if i == 0 else width, hidden_dim, rngs=rngs, **cell_options) for i in range(num_layers)
         ])
 
-    def initial_carry(self, dtype=jnp.float32) -> list:
+    def initial_carry(self) -> list:
         """Zero carries, one per layer (unidirectional stacks only; raises ValueError otherwise)."""
         if self.bidirectional:
             raise ValueError("a bidirectional stack starts from zero carries; it takes no initial carry")
-        return [layer.initial_carry(dtype) for layer in self.layers]
+        return [layer.initial_carry() for layer in self.layers]
 
     def __call__(self, xs, seq_length, key=None, carries=None):
         """Encode xs (T, D) with ``seq_length`` real steps; ``key`` for dropout between layers;
