@@ -301,7 +301,7 @@ def test_masked_softmax_fully_masked_row_is_zero_with_zero_grad():
     np.testing.assert_allclose(w[0].sum(), 1.0, rtol=0, atol=1e-6)
 
     c = jnp.array([[1.0, 2.0, -3.0], [0.5, -1.0, 2.0]])
-    grad = jax.jit(jax.grad(lambda l, m: jnp.sum(attention.masked_softmax(l, m) * c)))
+    grad = jax.jit(jax.grad(lambda e, m: jnp.sum(attention.masked_softmax(e, m) * c)))
     g = np.asarray(grad(logits, mask))
     assert np.all(np.isfinite(g))
     np.testing.assert_array_equal(g[1], [0.0, 0.0, 0.0])
@@ -313,7 +313,7 @@ def test_masked_softmax_fully_masked_row_is_zero_with_zero_grad():
     assert np.abs(g[0]).max() > 1e-3  # non-trivial
 
     # a single fully masked row (1-D input) too
-    g1 = jax.grad(lambda l: jnp.sum(attention.masked_softmax(l, jnp.zeros(3, bool)) * c[0]))(logits[0])
+    g1 = jax.grad(lambda e: jnp.sum(attention.masked_softmax(e, jnp.zeros(3, bool)) * c[0]))(logits[0])
     np.testing.assert_array_equal(g1, np.zeros(3))
 
 

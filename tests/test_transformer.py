@@ -18,10 +18,10 @@ from compile_options import FAST_COMPILE
 from flax import nnx
 
 from zoo import models
+from zoo.config import TrainConfig
 from zoo.data.vocab import BOS_ID
 from zoo.decoding import beam_search, greedy
 from zoo.models.transformer import POSITIONAL
-from zoo.config import TrainConfig
 from zoo.training import batch_nll, example_nll, init_state, learning_rate_schedule, make_optimizer, make_train_step
 
 SRC_V, TGT_V, LAYERS, HEADS = 11, 13, 2, 2

@@ -30,7 +30,6 @@ softmax and the returned logits are float32.
 """
 
 import math
-
 from typing import NamedTuple
 
 import jax
