@@ -61,8 +61,8 @@ class ThroughputSizes:
     overrides: dict  # model name -> config overrides (the quick preset's small sizes)
     small: tuple[str, dict] = ("transformer", {"d_model": 64, "num_heads": 4, "num_encoder_layers": 1,
                                                "num_decoder_layers": 1, "d_ff": 128})  # a 1-3 ms step on a CPU
-    small_batch_tokens: int = 256
-    small_loop_steps: int = 60  # its steps are short: time more of them
+    small_batch_tokens: int = 128
+    small_loop_steps: int = 400  # its steps are short: time more of them
     min_seconds: float = 2.0  # the back-to-back step is timed over at least this long
 
 
@@ -70,7 +70,7 @@ _QUICK_SIZES = {"embed_dim": 32, "hidden_dim": 32}
 FULL = ThroughputSizes("full", tuple(list_models()), batch_tokens=4096, loop_steps=6, log_every=3, step_repeats=5,
                        overrides={})
 QUICK = ThroughputSizes(
-    "quick", tuple(list_models()), batch_tokens=512, loop_steps=4, log_every=2, step_repeats=3,
+    "quick", tuple(list_models()), batch_tokens=512, loop_steps=60, log_every=20, step_repeats=3,
     overrides={"bahdanau": {**_QUICK_SIZES, "attention_dim": 32, "maxout_dim": 32},
                "cho": {**_QUICK_SIZES, "maxout_dim": 32}, "sutskever": _QUICK_SIZES,
                "luong": {**_QUICK_SIZES, "attention_dim": 32},
