@@ -21,7 +21,8 @@ from zoo.models import build
 from zoo.decoding import greedy
 from zoo import training
 from zoo.flops import jaxpr_flops
-from zoo.training import data_parallel, example_nll, init_state, make_optimizer, make_train_step, step_key, train
+from zoo.distributed import data_parallel
+from zoo.training import example_nll, init_state, make_optimizer, make_train_step, step_key, train
 from zoo.translator import Translator
 
 

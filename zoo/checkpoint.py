@@ -20,7 +20,7 @@ from zoo.config import Config
 from zoo.errors import ZooError
 
 CONFIG_FILE = "config.json"
-RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every"}  # may change when resuming a workdir
+RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "fsdp"}  # may change when resuming a workdir
 
 
 def read_config(workdir) -> Config:
@@ -94,8 +94,9 @@ class CheckpointStore:
         )
 
     def save(self, step: int, state, meta: dict, val_loss: float | None = None) -> None:
-        """Save ``state`` and ``meta`` at ``step``; with ``val_loss``, also offer it to ``best/``."""
-        state = jax.device_get(state)  # a host copy: the device buffers are donated to the next step
+        """Save ``state`` (``jax.Array`` s, sharded over the processes or not) and ``meta`` at ``step``;
+        with ``val_loss``, also offer it to ``best/``. Every process of a run calls it."""
+        # Orbax copies the arrays' shards to the host before save() returns, so the next step may donate them
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.latest.save(step, args=args, force=True)
         if val_loss is not None:
@@ -105,7 +106,7 @@ class CheckpointStore:
         return self.latest.latest_step()
 
     def restore(self, target, step: int | None = None, best: bool = False):
-        """Restore ``(state, meta)`` shaped like ``target`` (arrays or ShapeDtypeStructs).
+        """Restore ``(state, meta)`` shaped and sharded like ``target`` (arrays or ShapeDtypeStructs).
 
         Args:
           target: a pytree with the expected structure, shapes and dtypes; its ``params`` entry
@@ -122,7 +123,7 @@ class CheckpointStore:
         if step is None or step not in manager.all_steps():
             raise ZooError(f"{manager.directory}: no checkpoint{'' if step is None else f' at step {step}'}")
         _check_shapes(target["params"], manager.item_metadata(step)["state"]["params"])
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), target)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)), target)
         restored = manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         )

@@ -11,9 +11,10 @@ from flax import nnx
 from zoo import decoding
 from zoo.checkpoint import CheckpointStore, read_config
 from zoo.config import Config
-from zoo.data.batching import collate
+from zoo.data.batching import collate, round_up
 from zoo.data.pipeline import TextPipeline
 from zoo.data.vocab import EOS_ID
+from zoo.distributed import data_parallel
 from zoo.models import build
 from zoo.training import init_state, make_optimizer
 
@@ -33,10 +34,20 @@ class Translation:
 
 
 class Translator:
-    """A model with its parameters, tokenizers and vocabularies; translates raw sentences."""
+    """A model with its parameters, tokenizers and vocabularies; translates raw sentences.
+
+    Batches are split over the ``"data"`` axis of this process's devices (``batch_sharding``),
+    the parameters are replicated on them.
+    """
 
     def __init__(self, config: Config, pipeline: TextPipeline, graphdef, params, step: int):
-        self.config, self.pipeline, self.graphdef, self.params, self.step = config, pipeline, graphdef, params, step
+        self.config, self.pipeline, self.graphdef, self.step = config, pipeline, graphdef, step
+        self.batch_sharding, replicated = data_parallel(jax.local_devices())
+        self.params = jax.device_put(params, replicated)
+
+    def batch_rows(self, batch_size: int) -> int:
+        """``batch_size`` rounded up to a multiple of the local devices, which split each batch."""
+        return round_up(batch_size, len(self.batch_sharding.device_set))
 
     @property
     def model(self) -> nnx.Module:
@@ -57,8 +68,9 @@ class Translator:
         return jax.vmap(one)(batch["src"], batch["src_length"])
 
     def translate_tokens(self, sentences: list[str], beam_size: int = 1, batch_size: int = 64) -> list[Translation]:
-        """Translate and keep the tokens and attention matrices (see :class:`Translation`)."""
-        p = self.pipeline
+        """Translate and keep the tokens and attention matrices (see :class:`Translation`).
+        ``batch_size`` sentences a batch, rounded up by :meth:`batch_rows`."""
+        p, batch_size = self.pipeline, self.batch_rows(batch_size)
         src_ids = p.encode_source(sentences)
         order = np.argsort([len(s) for s in src_ids], kind="stable")
         out: list[Translation | None] = [None] * len(sentences)
@@ -66,7 +78,7 @@ class Translator:
             idx = order[start : start + batch_size]
             batch = collate(src_ids, [[] for _ in src_ids], idx, batch_size, self.config.data.length_multiple)
             max_length = min(2 * batch["src"].shape[1] + 8, getattr(self.config.model, "max_length", np.inf))
-            tokens, weights = jax.device_get(self._decode(self.params, batch, beam_size, max_length))
+            tokens, weights = jax.device_get(self._decode(self.params, jax.device_put(batch, self.batch_sharding), beam_size, max_length))
             for row, i in enumerate(idx):
                 ids = tokens[row].tolist()
                 rows = ids.index(EOS_ID) + 1 if EOS_ID in ids else max_length

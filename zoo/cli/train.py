@@ -42,6 +42,13 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--compilation-cache", default=None, metavar="DIR",
                    help="JAX's persistent compilation cache (default: $ZOO_COMPILATION_CACHE, else ~/.cache/zoo/jax; off: none)")
+    p.add_argument("--fsdp", action="store_true", help="shard parameters and optimizer state over the devices too")
+    p.add_argument("--distributed", action="store_true",
+                   help="one process of a multi-process run: jax.distributed.initialize() with the cluster "
+                        "auto-detected (SLURM, Open MPI, TPU pod slices); the three flags below set it explicitly")
+    p.add_argument("--coordinator-address", metavar="HOST:PORT", help="multi-process run: process 0's address (any free port)")
+    p.add_argument("--num-processes", type=int, help="multi-process run: how many processes")
+    p.add_argument("--process-id", type=int, help="multi-process run: this process's index, from 0")
     return p.parse_args(argv)
 
 
@@ -72,6 +79,11 @@ def model_overrides(pairs: list[str], model_config) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        explicit = (args.coordinator_address, args.num_processes, args.process_id)
+        if args.distributed or explicit != (None, None, None):  # before any other JAX call
+            from zoo.distributed import initialize
+
+            initialize(*explicit)
         model_config = MODEL_CONFIGS[args.model]()
         try:
             config = Config(
@@ -82,7 +94,7 @@ def main(argv=None) -> int:
                                   learning_rate=args.learning_rate, clip_norm=args.clip_norm, seed=args.seed,
                                   checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                                   max_steps=args.max_steps, teacher_forcing=args.teacher_forcing,
-                                  label_smoothing=args.label_smoothing, warmup_steps=args.warmup_steps),
+                                  label_smoothing=args.label_smoothing, warmup_steps=args.warmup_steps, fsdp=args.fsdp),
             )
         except ValueError as e:
             raise ZooError(str(e)) from None
@@ -95,8 +107,11 @@ def main(argv=None) -> int:
     except ZooError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    print(f"trained to step {result['step']} (epoch {result['epoch']}); best val loss {result['best_val_loss']:.4f}; "
-          f"{result['wall_s']:.0f} s; XLA: {result['compiled']} programs compiled, {result['cached']} from the cache; "
-          f"workdir {args.workdir}")
+    from zoo.distributed import is_main
+
+    if is_main():
+        print(f"trained to step {result['step']} (epoch {result['epoch']}); best val loss {result['best_val_loss']:.4f}; "
+              f"{result['wall_s']:.0f} s; XLA: {result['compiled']} programs compiled, {result['cached']} from the cache; "
+              f"workdir {args.workdir}")
     return 128 + signal.Signals[result["stopped_by"]] if result["stopped_by"] else 0
 
