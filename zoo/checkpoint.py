@@ -70,6 +70,12 @@ def _check_shapes(expected, saved) -> None:
             raise ZooError(f"checkpoint parameter {name} has shape {got} but the model expects {want}")
 
 
+def _barriers(name: str) -> ocp.options.MultiprocessingOptions:
+    """Orbax's options for a manager's cross-process barriers, named apart: the two managers save the same
+    step at an epoch's end, and same-named barriers of both would collide ("already ongoing")."""
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
+
 class CheckpointStore:
     """The ``checkpoints/`` (latest, for resuming) and ``best/`` (lowest validation loss) folders.
 
@@ -82,13 +88,15 @@ class CheckpointStore:
         common = dict(item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
         self.latest = ocp.CheckpointManager(
             root / "checkpoints",
-            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=not read_only, read_only=read_only),
+            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=not read_only, read_only=read_only,
+                                                 multiprocessing_options=_barriers("checkpoints")),
             **common,
         )
         self.best = ocp.CheckpointManager(
             root / "best",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min", create=not read_only, read_only=read_only
+                max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min", create=not read_only, read_only=read_only,
+                multiprocessing_options=_barriers("best"),
             ),
             **common,
         )
