@@ -11,7 +11,7 @@ import pytest
 from zoo.data import tatoeba
 from zoo.data.batching import TOKEN_BUCKETS, BatchSpec, batch_order, bucket_length, collate, token_batches
 from zoo.data.corpora import load_split
-from zoo.data.loader import real_token_share
+from zoo.data.loader import process_rows, real_token_share
 from zoo.data.text import read_lines, read_parallel
 from zoo.data.tokenize import Tokenizer
 from zoo.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocab
@@ -102,14 +102,29 @@ def test_collate_pads_to_multiple_with_bos_eos_and_empty_rows():
 
 def test_batch_order_covers_every_example_once_and_is_deterministic():
     lengths = np.random.default_rng(0).integers(1, 40, size=1000)
-    order = [spec.indices for spec in batch_order(lengths, 32, seed=1, epoch=0, pool=4)]
+    order = [spec.indices for spec in batch_order(lengths, lengths, 32, seed=1, epoch=0, pool=4)]
     assert sorted(np.concatenate(order).tolist()) == list(range(1000))
     assert all(len(b) <= 32 for b in order)
-    assert [b.tolist() for b in order] == [spec.indices.tolist() for spec in batch_order(lengths, 32, seed=1, epoch=0, pool=4)]
-    assert [b.tolist() for b in order] != [spec.indices.tolist() for spec in batch_order(lengths, 32, seed=1, epoch=1, pool=4)]
+    indices = lambda epoch: [spec.indices.tolist() for spec in batch_order(lengths, lengths, 32, seed=1, epoch=epoch, pool=4)]
+    assert [b.tolist() for b in order] == indices(0)
+    assert [b.tolist() for b in order] != indices(1)
     # bucketing: a batch spans far fewer lengths than a random batch would
     random_batches = np.array_split(np.arange(1000), 32)
     assert np.mean([np.ptp(lengths[b]) for b in order]) < 0.5 * np.mean([np.ptp(lengths[b]) for b in random_batches])
+
+
+def test_sentence_batches_fix_the_padded_lengths_so_process_rows_collate_to_one_shape():
+    rng = np.random.default_rng(2)
+    src_ids = [[5] * int(n) for n in rng.integers(1, 30, size=40)]
+    tgt_ids = [[6] * int(n) for n in rng.integers(1, 30, size=40)]
+    plan = batch_order([len(s) for s in src_ids], [len(t) for t in tgt_ids], 8, seed=0, epoch=0, length_multiple=4)
+    for spec in plan:
+        whole = collate(src_ids, tgt_ids, spec.indices, spec.rows, length_multiple=4)  # padded from all its rows
+        assert (spec.src_len, spec.tgt_len) == (whole["src"].shape[1], whole["tgt_in"].shape[1])
+        halves = [process_rows(spec, p, 2) for p in (0, 1)]
+        parts = [collate(src_ids, tgt_ids, h.indices, h.rows, lengths=(spec.src_len, spec.tgt_len)) for h in halves]
+        for name in whole:
+            np.testing.assert_array_equal(np.concatenate([part[name] for part in parts]), whole[name])
 
 
 def test_bucket_length_follows_the_bucket_table():
@@ -123,10 +138,11 @@ def test_token_batches_keep_the_budget_cover_every_example_once_and_are_determin
     plan = token_batches(src, tgt, 1024, seed=3, epoch=0)
     assert sorted(np.concatenate([s.indices for s in plan]).tolist()) == list(range(3000))
     for spec in plan:
-        assert spec.rows * spec.length <= 1024 and spec.rows % 8 == 0 and len(spec.indices) <= spec.rows
-        assert all(max(src[i], tgt[i]) + 1 <= spec.length for i in spec.indices)  # nobody is cut
+        assert spec.src_len == spec.tgt_len and spec.rows * spec.tgt_len <= 1024
+        assert spec.rows % 8 == 0 and len(spec.indices) <= spec.rows
+        assert all(max(src[i], tgt[i]) + 1 <= spec.tgt_len for i in spec.indices)  # nobody is cut
     assert sum(len(s.indices) < s.rows for s in plan) == 1  # remainders move up a bucket: one partial batch
-    assert len({(s.rows, s.length) for s in plan}) <= len(TOKEN_BUCKETS)
+    assert len({(s.rows, s.tgt_len) for s in plan}) <= len(TOKEN_BUCKETS)
     same = token_batches(src, tgt, 1024, seed=3, epoch=0)
     assert [s.indices.tolist() for s in plan] == [s.indices.tolist() for s in same]
     assert [s.indices.tolist() for s in plan] != [s.indices.tolist() for s in token_batches(src, tgt, 1024, seed=3, epoch=1)]
@@ -136,12 +152,12 @@ def test_token_batches_keep_the_budget_cover_every_example_once_and_are_determin
 
 def test_real_token_share_counts_padded_target_positions():
     tgt_ids = [[1] * 3, [1] * 5, [1] * 6]  # 4, 6 and 7 real positions with <eos>
-    plan = [BatchSpec(np.array([0, 1]), 4, 8), BatchSpec(np.array([2]), 2, None)]
-    assert real_token_share(plan, tgt_ids, length_multiple=4) == pytest.approx(17 / (4 * 8 + 2 * 8))
+    plan = [BatchSpec(np.array([0, 1]), 4, 8, 8), BatchSpec(np.array([2]), 2, 4, 8)]
+    assert real_token_share(plan, tgt_ids) == pytest.approx(17 / (4 * 8 + 2 * 8))
 
 
 def test_collate_pads_token_batches_to_the_given_length():
-    b = collate([[5, 6]], [[8]], [0], batch_size=2, length=5)
+    b = collate([[5, 6]], [[8]], [0], batch_size=2, lengths=(5, 5))
     np.testing.assert_array_equal(b["src"], [[5, 6, EOS_ID, 0, 0], [0] * 5])
     np.testing.assert_array_equal(b["tgt_out"], [[8, EOS_ID, 0, 0, 0], [0] * 5])
 

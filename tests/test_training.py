@@ -19,10 +19,11 @@ from zoo.data.batching import collate
 from zoo.data.corpora import load_split
 from zoo.data.pipeline import TextPipeline
 from zoo.decoding import greedy
+from zoo.distributed import data_parallel
 from zoo.errors import ZooError
 from zoo.flops import jaxpr_flops
 from zoo.models import build
-from zoo.training import data_parallel, example_nll, init_state, make_optimizer, make_train_step, step_key, train
+from zoo.training import example_nll, init_state, make_optimizer, make_train_step, step_key, train
 from zoo.translator import Translator
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")

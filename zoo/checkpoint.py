@@ -51,7 +51,7 @@ from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig
 from zoo.errors import ZooError, read_json, write_text
 
 CONFIG_FILE = "config.json"
-RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every"}  # may change when resuming a workdir
+RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "fsdp"}  # may change when resuming a workdir
 MANIFEST = "zoo_manifest.json"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's folder of a save that has not committed (yet)
 log = logging.getLogger("zoo")
@@ -192,10 +192,23 @@ def _check_shapes(expected, saved) -> None:
             raise ZooError(f"checkpoint parameter {name} has shape {got} but the model expects {want}")
 
 
+@jax.jit
+def _all_finite(state):
+    """Per leaf: are all its values finite (True for integer leaves)? One global reduction, so it
+    works on arrays sharded over several processes."""
+    return jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.asarray(True), state)
+
+
+def _barriers(name: str) -> ocp.options.MultiprocessingOptions:
+    """Orbax's options for a manager's cross-process barriers, named apart: the two folders save the
+    same step at an epoch's end, and same-named barriers of both would collide ("already ongoing")."""
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
+
 def _check_finite(step: int, state) -> None:
     """Raise naming the first floating-point leaf of ``state`` with a NaN or an infinity."""
-    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
-        if jnp.issubdtype(np.asarray(x).dtype, jnp.inexact) and not np.isfinite(x).all():
+    for (path, _), finite in zip(jax.tree_util.tree_flatten_with_path(state)[0], jax.tree.leaves(_all_finite(state))):
+        if not bool(finite):
             raise ZooError(f"step {step}: {jax.tree_util.keystr(path, simple=True, separator='/')} "
                            f"has non-finite values (NaN or inf); not saved")
 
@@ -230,14 +243,14 @@ class _StepFolder:
             return
         _make_folder(directory)
         try:
-            for tmp in directory.glob(f"*{TMP_SUFFIX}*"):  # interrupted saves; the writer holds the workdir lock
-                shutil.rmtree(tmp)
+            for tmp in directory.glob(f"*{TMP_SUFFIX}*") if jax.process_index() == 0 else ():  # interrupted saves;
+                shutil.rmtree(tmp)  # the writer holds the workdir lock
         except OSError as e:
             raise ZooError(f"{directory}: cannot remove an interrupted save ({e.strerror or e})") from None
         self.manager = ocp.CheckpointManager(
             directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=False,
+                max_to_keep=max_to_keep, create=False, multiprocessing_options=_barriers(self.name),
                 async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest)
             ),
             item_handlers={name: handler() for name, handler in self.ITEMS.items()},
@@ -251,6 +264,8 @@ class _StepFolder:
 
     def _write_manifest(self) -> None:
         """Orbax's post-finalization callback: the items are complete in the temporary folder."""
+        if jax.process_index() != 0:  # after Orbax's barrier every process's files are there; one writes the manifest
+            return
         step, val_loss = self.saving
         folder = self.directory / f"{step}{TMP_SUFFIX}"
         files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _item_files(folder)}
@@ -290,8 +305,11 @@ class _StepFolder:
         """
         self.verify(step)
         folder = self.directory / str(step)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), target)
-        restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), abstract)
+        sharding = lambda x: getattr(x, "sharding", None)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding(x)), target)
+        restore_args = jax.tree.map(  # sharded jax.Arrays where the target has a sharding, else NumPy arrays
+            lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype) if x.sharding
+            else ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), abstract)
         args = ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
             meta=ocp.args.JsonRestore(),
@@ -403,8 +421,7 @@ class CheckpointStore:
           ZooError: a floating-point leaf of ``state`` is not finite (naming the step and the
             leaf; nothing is written), or writing failed (naming the step folder).
         """
-        state = jax.device_get(state)  # a host copy: the device buffers are donated to the next step
-        _check_finite(step, state)
+        _check_finite(step, state)  # Orbax copies the arrays to the host before save() returns: they may be donated
         args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta))
         val_loss = None if val_loss is None else float(val_loss)
         new_best = val_loss is not None and math.isfinite(val_loss) and val_loss < self.best_val_loss

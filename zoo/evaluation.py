@@ -38,13 +38,16 @@ def corpus_bleu(hypotheses: list[str], references: list[str], lang: str) -> dict
 
 
 def perplexities(translator, sources: list[str], references: list[str], batch_size: int = 64) -> dict:
-    """Teacher-forced and free-running perplexity of the references (see the module docstring)."""
+    """Teacher-forced and free-running perplexity of the references (see the module docstring), on
+    batches of ``batch_size`` sentences (rounded up by ``translator.batch_rows``) split over the
+    local devices."""
     p = translator.pipeline
     ids = p.encode_source(sources), p.encode_target(references)
 
     def perplexity(teacher_forcing: float) -> float:
         eval_nll = make_eval_nll(translator.graphdef, teacher_forcing)
-        return math.exp(dataset_nll(eval_nll, translator.params, *ids, batch_size, translator.config.data.length_multiple))
+        return math.exp(dataset_nll(eval_nll, translator.params, *ids, translator.batch_rows(batch_size),
+                                    translator.config.data.length_multiple, translator.batch_sharding))
 
     return {"ppl_teacher_forced": perplexity(1.0), "ppl_free_running": perplexity(0.0)}
 

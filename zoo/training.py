@@ -3,7 +3,9 @@
 The step is one pure function ``train_step(state, batch, key) -> (state, metrics)`` compiled
 once per batch shape with ``jax.jit(..., donate_argnums=0)``. The model works on one example;
 the per-example loss is ``jax.vmap``-ped over the batch. A batch sharded over a ``"data"``
-mesh axis (see :func:`data_parallel`) runs data-parallel with the same numbers.
+mesh axis (see :func:`zoo.distributed.data_parallel`) runs data-parallel with the same numbers, on the devices
+of one process or of several (:mod:`zoo.distributed`); with ``fsdp`` the parameters and
+optimizer state are sharded over that axis too (:func:`zoo.distributed.state_shardings`).
 
 The loop never waits on the device between steps: the dropout key of step s is derived inside
 the compiled step from the step counter, batches are collated and placed on the devices ahead
@@ -13,6 +15,7 @@ stopping). SIGTERM and SIGINT stop the loop after the current step with a resuma
 checkpoint at that step; a non-finite loss or gradient norm stops it before anything is saved.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -40,6 +43,7 @@ from zoo.data.corpora import load_split
 from zoo.data.loader import device_batches, real_token_share
 from zoo.data.pipeline import TextPipeline
 from zoo.decoding import decode
+from zoo.distributed import barrier, data_parallel, is_main, state_shardings
 from zoo.errors import ZooError
 from zoo.flops import jaxpr_flops, peak_flops
 from zoo.functional.masks import length_mask
@@ -122,8 +126,11 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation):
     return graphdef, {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing: float = 0.0):
+def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing: float = 0.0, state_sharding=None):
     """The compiled ``train_step(state, batch, key) -> (state, metrics)``; ``state`` is donated.
+
+    ``state_sharding``: a pytree of shardings (:func:`zoo.distributed.state_shardings`) that the new state keeps,
+    with replicated metrics; None: wherever JAX places them.
 
     ``key`` is the run's PRNG key; the step's dropout key is ``fold_in(key, state["step"])``
     (:func:`step_key`), derived on the device, so the same key serves every step.
@@ -142,19 +149,16 @@ def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing:
         new_state = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state, "step": state["step"] + 1}
         return new_state, {"loss": loss, "tokens": n, "grad_norm": optax.tree.norm(grads)}
 
-    return jax.jit(train_step, donate_argnums=0)
+    if state_sharding is None:
+        return jax.jit(train_step, donate_argnums=0)
+    replicated = NamedSharding(jax.tree.leaves(state_sharding)[0].mesh, P())
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, replicated))
 
 
 def make_eval_nll(graphdef, teacher_forcing: float = 1.0):
     """Compiled ``eval_nll(params, batch) -> (nll_sum, num_tokens)`` without dropout; teacher-forced,
     or free-running (greedy) with ``teacher_forcing=0``."""
     return jax.jit(lambda params, batch: batch_nll(graphdef, params, batch, None, teacher_forcing))
-
-
-def data_parallel():
-    """``(batch_sharding, replicated)`` over a 1-D ``"data"`` mesh of all devices."""
-    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
 
 def step_key(key, step):
@@ -164,7 +168,9 @@ def step_key(key, step):
 
 def dataset_nll(eval_nll, params, src_ids, tgt_ids, batch_size: int, length_multiple: int, sharding=None) -> float:
     """Token-level mean NLL (nats) of a dataset, teacher-forced; the sums stay on the device
-    until the end (one read). ``sharding``: where batches go (default: JAX's default device)."""
+    until the end (one read). ``sharding``: where batches go (default: JAX's default device),
+    e.g. split over a ``"data"`` mesh, whose device count must divide ``batch_size``; with
+    several processes every process passes the whole batch."""
     order = np.argsort([len(s) for s in src_ids], kind="stable")
     total, count = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
     for start in range(0, len(order), batch_size):
@@ -191,17 +197,17 @@ class MetricsLog:
     and run events. Step metrics wait on the device (:meth:`add`) until :meth:`flush`.
 
     On resume, lines past the checkpoint's step are dropped; a last line cut short by a crash
-    is dropped too.
+    is dropped too. Only a ``writer`` writes the file; every process reads and checks the metrics.
 
     Raises:
       ZooError: a damaged line before the last (naming the file and line).
     """
 
-    def __init__(self, path: Path, resume_step: int, bar, peak: float):
+    def __init__(self, path: Path, resume_step: int, bar, peak: float, writer: bool = True):
         self.path, self.bar, self.peak = path, bar, peak
-        if path.exists():
+        if writer and path.exists():
             path.write_text("".join(line + "\n" for line in self._kept_lines(resume_step)))
-        self.file = path.open("a")
+        self.file = path.open("a") if writer else open(os.devnull, "w")
         self.pending, self.interval_flops, self.clock = [], 0.0, time.perf_counter()
 
     def _kept_lines(self, resume_step: int) -> list[str]:
@@ -315,10 +321,11 @@ class Run:
         """The epoch's batches: token-budget batches if ``batch_tokens`` is set, else sentence batches."""
         t = self.config.train
         src_lengths = [len(s) for s in self.train_ids[0]]
+        tgt_lengths = [len(s) for s in self.train_ids[1]]
         if t.batch_tokens is not None:
-            return token_batches(src_lengths, [len(s) for s in self.train_ids[1]], t.batch_tokens, t.seed, epoch,
+            return token_batches(src_lengths, tgt_lengths, t.batch_tokens, t.seed, epoch,
                                  row_multiple=math.lcm(8, jax.device_count()))
-        return batch_order(src_lengths, t.batch_size, t.seed, epoch)
+        return batch_order(src_lengths, tgt_lengths, t.batch_size, t.seed, epoch, self.config.data.length_multiple)
 
 
 def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
@@ -326,11 +333,12 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
 
     Raises:
       ZooError: bad data files or vocabularies, a model config the model refuses, or a batch
-        that does not split over the devices.
+        (``batch_size``, which also sizes the validation batches) that does not split over the
+        devices.
     """
     workdir = Path(workdir).absolute()
     d, t = config.data, config.train
-    if t.batch_tokens is None and t.batch_size % jax.device_count():
+    if t.batch_size % jax.device_count():
         raise ZooError(f"--batch-size {t.batch_size} does not split over {jax.device_count()} devices; "
                        f"use a multiple of {jax.device_count()}")
     train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
@@ -353,7 +361,7 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
         try:
             run.plan(0)
         except ValueError as e:
-            raise ZooError(f"--batch-tokens: {e}") from None
+            raise ZooError(f"--batch-tokens: {e} (rows are a multiple of 8 and of the {jax.device_count()} devices)") from None
     return run, pipeline
 
 
@@ -366,10 +374,13 @@ def within_max_length(src_ids: list, tgt_ids: list, max_length: int) -> tuple[tu
 
 def write_workdir(run: Run, pipeline: TextPipeline) -> None:
     """Write ``config.json`` and the vocabularies into a new workdir; in a used one, check that
-    its config is this run's (:func:`zoo.checkpoint.write_or_check_config`)."""
-    write_or_check_config(run.workdir, run.config)
-    if not (run.workdir / TextPipeline.FILES[0]).exists():
-        pipeline.save(run.workdir)
+    its config is this run's (:func:`zoo.checkpoint.write_or_check_config`). Process 0 writes,
+    after every process has read the workdir (:func:`prepare`)."""
+    barrier("zoo.prepare")
+    if is_main():
+        write_or_check_config(run.workdir, run.config)
+        if not (run.workdir / TextPipeline.FILES[0]).exists():
+            pipeline.save(run.workdir)
 
 
 class Trainer:
@@ -379,30 +390,36 @@ class Trainer:
         self.run, t = run, run.config.train
         self.tx = make_optimizer(t)
         self.graphdef, state = init_state(run.model, self.tx)
-        self.store = CheckpointStore(run.workdir)
-        self.pos, key = Position(), jax.random.key(t.seed)
-        if self.store.latest_step() is not None:
-            state, meta = self.store.restore(state)
-            self.pos = Position(int(state["step"]), meta["epoch"], meta["batch"], self.store.best_val_loss)
-            key = jax.random.wrap_key_data(np.asarray(meta["rng_key"], np.uint32))
         self.batch_sharding, replicated = data_parallel()
-        self.state, self.key = jax.device_put(state, replicated), jax.device_put(key, replicated)
-        self.train_step = make_train_step(self.graphdef, self.tx, t.teacher_forcing, t.label_smoothing)
+        state_sharding = state_shardings(state, replicated.mesh, t.fsdp)
+        self.store = CheckpointStore(run.workdir)
+        self.pos, key_data = Position(), jax.random.key_data(jax.random.key(t.seed))
+        if self.store.latest_step() is not None:
+            target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
+            state, meta = self.store.restore(target)
+            self.pos = Position(int(state["step"]), meta["epoch"], meta["batch"], self.store.best_val_loss)
+            key_data = np.asarray(meta["rng_key"], np.uint32)
+        self.state = jax.device_put(state, state_sharding)
+        # key arrays cannot be placed on other processes' devices: their data can
+        self.key = jax.random.wrap_key_data(jax.device_put(key_data, replicated))
+        self.train_step = make_train_step(self.graphdef, self.tx, t.teacher_forcing, t.label_smoothing, state_sharding)
         self.eval_nll = make_eval_nll(self.graphdef)
         self.steps_per_epoch = len(run.plan(0))
         self.total_steps = min(t.epochs * self.steps_per_epoch, t.max_steps or math.inf)
-        self.bar = tqdm(total=self.total_steps, initial=self.pos.step, disable=not progress, unit="step", dynamic_ncols=True)
-        peak = peak_flops(jax.devices()[0], getattr(run.config.model, "dtype", "float32"))
-        self.log = MetricsLog(run.workdir / "metrics.jsonl", self.pos.step, self.bar, peak)
+        self.main = is_main()
+        self.bar = tqdm(total=self.total_steps, initial=self.pos.step, disable=not (progress and self.main), unit="step",
+                        dynamic_ncols=True)
+        peak = jax.device_count() * peak_flops(jax.devices()[0], getattr(run.config.model, "dtype", "float32"))
+        self.log = MetricsLog(run.workdir / "metrics.jsonl", self.pos.step, self.bar, peak, writer=self.main)
         self.flops_by_shape: dict = {}
         if self.pos.step == 0:
             self.log.write(event="start", step=0, num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
                            devices=str(jax.devices()), steps_per_epoch=self.steps_per_epoch,
-                           real_token_share=real_token_share(run.plan(0), run.train_ids[1], run.config.data.length_multiple),
+                           real_token_share=real_token_share(run.plan(0), run.train_ids[1]),
                            skipped_long_pairs=run.skipped)
         if run.skipped:
-            self.bar.write(f"left out {run.skipped} training pairs longer than {run.config.data.max_length} tokens "
-                           f"(--data.max-length)")
+            self.print(f"left out {run.skipped} training pairs longer than {run.config.data.max_length} tokens "
+                       f"(--data.max-length)")
 
     def save(self, val_loss: float | None = None) -> None:
         """A resumable checkpoint at the current position (after reading the pending metrics)."""
@@ -412,6 +429,11 @@ class Trainer:
                 "rng_key": jax.random.key_data(self.key).tolist()}
         self.store.save(p.step, self.state, meta, val_loss=val_loss)
         self.log.restart_clock()
+
+    def print(self, line: str) -> None:
+        """A line on the console, from process 0 only."""
+        if self.main:
+            self.bar.write(line)
 
     def step_flops(self, batch: dict) -> float:
         """Matrix-product FLOPs of one training step on a batch of this shape (:func:`zoo.flops.jaxpr_flops`)."""
@@ -425,7 +447,7 @@ class Trainer:
         (``max_steps`` or a signal)."""
         t, p = self.run.config.train, self.pos
         plan = self.run.plan(p.epoch)
-        batches = device_batches(self.run.train_ids, plan, p.batch, self.batch_sharding, self.run.config.data.length_multiple)
+        batches = device_batches(self.run.train_ids, plan, p.batch, self.batch_sharding)
         try:
             while p.batch < len(plan):
                 if p.step >= self.total_steps or stop.signal:
@@ -453,7 +475,7 @@ class Trainer:
         if math.isfinite(val_loss):
             p.best_val_loss = min(p.best_val_loss, val_loss)
         self.log.write(event="validation", step=p.step, epoch=p.epoch, val_loss=val_loss, val_ppl=perplexity(val_loss))
-        self.bar.write(f"epoch {p.epoch}: val loss {val_loss:.4f} (ppl {perplexity(val_loss):.2f})")
+        self.print(f"epoch {p.epoch}: val loss {val_loss:.4f} (ppl {perplexity(val_loss):.2f})")
         self.save(val_loss=val_loss)
         return val_loss
 
@@ -481,7 +503,8 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
     """
     start, val_loss = time.time(), None
     run, pipeline = prepare(config, workdir, data_dir)
-    with WorkdirLock(run.workdir), CompileCounter() as compiles, StopSignal() as stop:
+    lock = WorkdirLock(run.workdir) if is_main() else contextlib.nullcontext()  # one lock a run, held by process 0
+    with lock, CompileCounter() as compiles, StopSignal() as stop:
         write_workdir(run, pipeline)
         trainer = Trainer(run, progress)
         t, p = config.train, trainer.pos
@@ -493,7 +516,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
             if trainer.store.latest_step() != p.step:
                 trainer.save()
             if stop.signal:
-                trainer.bar.write(f"saved step {p.step}, stopping on {stop.signal}")
+                trainer.print(f"saved step {p.step}, stopping on {stop.signal}")
         finally:
             trainer.close()
     return {"step": p.step, "epoch": p.epoch, "val_loss": val_loss, "best_val_loss": p.best_val_loss,

@@ -13,9 +13,10 @@ from flax import nnx
 from zoo import decoding
 from zoo.checkpoint import CONFIG_FILE, CheckpointStore, read_config
 from zoo.config import Config
-from zoo.data.batching import collate
+from zoo.data.batching import collate, round_up
 from zoo.data.pipeline import TextPipeline
 from zoo.data.vocab import EOS_ID
+from zoo.distributed import data_parallel
 from zoo.errors import ZooError
 from zoo.models import build
 
@@ -38,10 +39,20 @@ class Translation:
 
 
 class Translator:
-    """A model with its parameters, tokenizers and vocabularies; translates raw sentences."""
+    """A model with its parameters, tokenizers and vocabularies; translates raw sentences.
+
+    Batches are split over the ``"data"`` axis of this process's devices (``batch_sharding``),
+    the parameters are replicated on them.
+    """
 
     def __init__(self, config: Config, pipeline: TextPipeline, graphdef, params, step: int):
-        self.config, self.pipeline, self.graphdef, self.params, self.step = config, pipeline, graphdef, params, step
+        self.config, self.pipeline, self.graphdef, self.step = config, pipeline, graphdef, step
+        self.batch_sharding, replicated = data_parallel(jax.local_devices())
+        self.params = jax.device_put(params, replicated)
+
+    def batch_rows(self, batch_size: int) -> int:
+        """``batch_size`` rounded up to a multiple of the local devices, which split each batch."""
+        return round_up(batch_size, len(self.batch_sharding.device_set))
 
     @property
     def model(self) -> nnx.Module:
@@ -93,6 +104,7 @@ class Translator:
 
     def translate_tokens(self, sentences: list[str], beam_size: int = 1, batch_size: int = 64) -> list[Translation]:
         """Translate and keep the tokens and attention matrices (see :class:`Translation`).
+        ``batch_size`` sentences a batch, rounded up by :meth:`batch_rows`.
 
         Raises:
           ValueError: as :meth:`translate`.
@@ -103,21 +115,23 @@ class Translator:
         src_ids = self.encode_source(sentences)
         order = np.argsort([len(s) for s in src_ids], kind="stable")
         out: list[Translation | None] = [None] * len(sentences)
-        rows = max(1, min(batch_size, len(order)))  # a few sentences are not padded to a full batch
-        for start in range(0, len(order), rows):
-            idx = order[start : start + rows]
+        per_batch = max(1, min(batch_size, len(order)))  # a few sentences are not padded to a full batch
+        rows = self.batch_rows(per_batch)
+        for start in range(0, len(order), per_batch):
+            idx = order[start : start + per_batch]
             batch = collate(src_ids, [[] for _ in src_ids], idx, rows, self.config.data.length_multiple)
             max_length = min(2 * batch["src"].shape[1] + 8, getattr(self.config.model, "max_length", np.inf))
+            batch = jax.device_put(batch, self.batch_sharding)
             tokens, weights = jax.device_get(self._decode(self.params, batch, beam_size, max_length))
             for row, i in enumerate(idx):
                 ids = tokens[row].tolist()
-                rows = ids.index(EOS_ID) + 1 if EOS_ID in ids else max_length
+                steps = ids.index(EOS_ID) + 1 if EOS_ID in ids else max_length
                 cols = int(batch["src_length"][row])
                 out[i] = Translation(
                     text=p.tgt_tokenizer.detokenize(p.tgt_vocab.decode(ids)),
                     source_tokens=[p.src_vocab.itos[t] for t in batch["src"][row, :cols]],
-                    tokens=[p.tgt_vocab.itos[t] for t in ids[:rows]],
-                    heads=_heads(weights[row, :rows])[..., :cols],
+                    tokens=[p.tgt_vocab.itos[t] for t in ids[:steps]],
+                    heads=_heads(weights[row, :steps])[..., :cols],
                 )
         return out
 

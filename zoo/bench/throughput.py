@@ -135,7 +135,7 @@ def step_batches(config: Config, workdir: Path, data_dir: Path, count: int) -> t
     plan = token_batches([len(s) for s in ids[0]], [len(t) for t in ids[1]], config.train.batch_tokens, 0, 0,
                          row_multiple=8)
     plan = [spec for spec in plan if len(spec.indices) == spec.rows][:count]
-    batches = [collate(*ids, spec.indices, spec.rows, length=spec.length) for spec in plan]
+    batches = [collate(*ids, spec.indices, spec.rows, lengths=(spec.src_len, spec.tgt_len)) for spec in plan]
     return batches, len(pipeline.src_vocab), len(pipeline.tgt_vocab)
 
 
@@ -251,8 +251,8 @@ def multi30k_batching(data_dir=None, batch_tokens: int = 4096) -> dict | None:
     pipeline = TextPipeline.build(DataConfig(), src, tgt)
     src_ids, tgt_ids = pipeline.encode_source(src), pipeline.encode_target(tgt)
     plan = token_batches([len(s) for s in src_ids], [len(t) for t in tgt_ids], batch_tokens, 0, 0)
-    return {"batch_tokens": batch_tokens, "real_token_share": real_token_share(plan, tgt_ids, 8),
-            "shapes": len({(s.rows, s.length) for s in plan}), "batches": len(plan)}
+    return {"batch_tokens": batch_tokens, "real_token_share": real_token_share(plan, tgt_ids),
+            "shapes": len({(s.rows, s.tgt_len) for s in plan}), "batches": len(plan)}
 
 
 def throughput_targets(results: dict) -> list[dict]:

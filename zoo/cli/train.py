@@ -35,6 +35,10 @@ class RunOptions:
     data_dir: str | None = None  # corpora root (default: $ZOO_DATA_DIR, else ~/.cache/zoo/data)
     progress: bool = True  # show the progress bar
     compilation_cache: str | None = None  # JAX's compilation cache (default: $ZOO_COMPILATION_CACHE, else ~/.cache/zoo/jax; off)
+    distributed: bool = False  # one process of a multi-process run: jax.distributed.initialize(), cluster auto-detected
+    coordinator_address: str | None = None  # multi-process run: HOST:PORT of process 0 (any free port)
+    num_processes: int | None = None  # multi-process run: how many processes
+    process_id: int | None = None  # multi-process run: this process's index, from 0
 
 
 def _pop(argv: list[str], flag: str) -> str | None:
@@ -139,6 +143,11 @@ def parse_args(argv=None) -> tuple[Config, RunOptions]:
 def main(argv=None) -> int:
     try:
         config, options = parse_args(argv)
+        explicit = (options.coordinator_address, options.num_processes, options.process_id)
+        if options.distributed or explicit != (None, None, None):  # before any other JAX call
+            from zoo.distributed import initialize
+
+            initialize(*explicit)
         from zoo.compilation import default_cache_dir, enable_compilation_cache
         from zoo.training import train
 
@@ -148,7 +157,10 @@ def main(argv=None) -> int:
     except ZooError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    print(f"trained to step {result['step']} (epoch {result['epoch']}); best val loss {result['best_val_loss']:.4f}; "
-          f"{result['wall_s']:.0f} s; XLA: {result['compiled']} programs compiled, {result['cached']} from the cache; "
-          f"workdir {options.workdir}")
+    from zoo.distributed import is_main
+
+    if is_main():
+        print(f"trained to step {result['step']} (epoch {result['epoch']}); best val loss {result['best_val_loss']:.4f}; "
+              f"{result['wall_s']:.0f} s; XLA: {result['compiled']} programs compiled, {result['cached']} from the cache; "
+              f"workdir {options.workdir}")
     return 128 + signal.Signals[result["stopped_by"]] if result["stopped_by"] else 0

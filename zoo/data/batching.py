@@ -6,7 +6,8 @@ A batch is a dict of arrays with B rows:
 Rows past the batch's examples are empty (lengths 0) and carry no loss.
 
 An epoch is a *plan*: a list of :class:`BatchSpec` (which examples, how many rows, what padded
-length), deterministic in (seed, epoch), made by one of two batchers:
+lengths), deterministic in (seed, epoch), made by one of two batchers. The plan fixes every
+batch's shape, so the processes of a multi-process run, each padding only its own rows, agree:
 
 * :func:`batch_order` — ``batch_size`` sentences a batch; S and T are the batch's longest source
   and target rounded up to a multiple of ``length_multiple``.
@@ -32,16 +33,23 @@ TOKEN_BUCKETS = (8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40, 48, 64)
 
 class BatchSpec(NamedTuple):
     """One batch of a plan: example ``indices``, ``rows`` (≥ len(indices)) and the padded
-    ``length`` of source and target (None: each rounded up from its longest sentence)."""
+    source and target lengths ``src_len`` (S) and ``tgt_len`` (T)."""
 
     indices: np.ndarray
     rows: int
-    length: int | None = None
+    src_len: int
+    tgt_len: int
 
 
 def round_up(n: int, multiple: int) -> int:
     """The least multiple of ``multiple`` that is ≥ n (and ≥ multiple)."""
     return max(multiple, -(-n // multiple) * multiple)
+
+
+def padded_lengths(src_lengths, tgt_lengths, length_multiple: int) -> tuple[int, int]:
+    """(S, T) of a sentence batch: the longest source + <eos> and the longest target + <bos>/<eos>,
+    each rounded up to a multiple of ``length_multiple``."""
+    return round_up(int(np.max(src_lengths)) + 1, length_multiple), round_up(int(np.max(tgt_lengths)) + 1, length_multiple)
 
 
 def bucket_length(n: int) -> int:
@@ -52,21 +60,27 @@ def bucket_length(n: int) -> int:
     return round_up(n, 32)
 
 
-def batch_order(src_lengths, batch_size: int, seed: int, epoch: int, pool: int = 64) -> list[BatchSpec]:
+def batch_order(src_lengths, tgt_lengths, batch_size: int, seed: int, epoch: int, length_multiple: int = 8,
+                pool: int = 64) -> list[BatchSpec]:
     """Sentence batches of one epoch, deterministic in (seed, epoch).
 
     The examples are shuffled, cut into pools of ``pool`` batches, each pool sorted by source
     length (so a batch holds similar lengths) and cut into batches; the batches are shuffled.
-    Every batch has ``batch_size`` rows.
+    Every batch has ``batch_size`` rows, padded to :func:`padded_lengths` of its examples.
+
+    Args:
+      src_lengths, tgt_lengths: tokens per sentence, without <eos> (each side gets one).
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(src_lengths))
-    lengths = np.asarray(src_lengths)
+    src, tgt = np.asarray(src_lengths), np.asarray(tgt_lengths)
     batches = []
     for start in range(0, len(order), batch_size * pool):
         chunk = order[start : start + batch_size * pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [BatchSpec(chunk[i : i + batch_size], batch_size) for i in range(0, len(chunk), batch_size)]
+        chunk = chunk[np.argsort(src[chunk], kind="stable")]
+        for i in range(0, len(chunk), batch_size):
+            indices = chunk[i : i + batch_size]
+            batches.append(BatchSpec(indices, batch_size, *padded_lengths(src[indices], tgt[indices], length_multiple)))
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -98,24 +112,23 @@ def token_batches(src_lengths, tgt_lengths, batch_tokens: int, seed: int, epoch:
         members = np.concatenate([carry, rng.permutation(np.flatnonzero(buckets == length))])
         rows = batch_tokens // length // row_multiple * row_multiple
         full = len(members) // rows * rows
-        batches += [BatchSpec(members[i : i + rows], rows, int(length)) for i in range(0, full, rows)]
+        batches += [BatchSpec(members[i : i + rows], rows, int(length), int(length)) for i in range(0, full, rows)]
         carry = members[full:]
     if len(carry):
-        batches.append(BatchSpec(carry, rows, int(length)))
+        batches.append(BatchSpec(carry, rows, int(length), int(length)))
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def collate(src_ids: list[list[int]], tgt_ids: list[list[int]], indices, batch_size: int, length_multiple: int = 8,
-            length: int | None = None) -> dict:
+            lengths: tuple[int, int] | None = None) -> dict:
     """Pad the examples ``indices`` into a batch of ``batch_size`` rows (see the module docstring).
 
-    Sources get <eos>. Source and target are padded to ``length`` if given, else each to its
-    longest sentence rounded up to a multiple of ``length_multiple``.
+    Sources get <eos>. Source and target are padded to ``lengths`` = (S, T) if given (a plan's),
+    else to :func:`padded_lengths` of the examples.
     """
     srcs = [src_ids[i] + [EOS_ID] for i in indices]
     tgts = [tgt_ids[i] for i in indices]
-    S = length or round_up(max(len(s) for s in srcs), length_multiple)
-    T = length or round_up(max(len(t) + 1 for t in tgts), length_multiple)
+    S, T = lengths or padded_lengths([len(s) - 1 for s in srcs], [len(t) for t in tgts], length_multiple)
     batch = {
         "src": np.full((batch_size, S), PAD_ID, np.int32),
         "src_length": np.zeros((batch_size,), np.int32),

@@ -7,8 +7,9 @@ position of a run is (epoch, index into the plan): :func:`device_batches` starts
 which is how a resumed run reads exactly the batches an uninterrupted one would.
 
 Every process reads only its own rows of each global batch (rows split evenly over
-``jax.process_count()`` processes in process order) and the global array is assembled with
-``jax.make_array_from_process_local_data``; with one process that is the whole batch.
+``jax.process_count()`` processes in process order), padded to the plan's lengths, and the
+global array is assembled with ``jax.make_array_from_process_local_data``; with one process
+that is the whole batch.
 """
 
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import grain
 import jax
 from grain.experimental import ThreadPrefetchIterDataset
 
-from zoo.data.batching import BatchSpec, collate, round_up
+from zoo.data.batching import BatchSpec, collate
 
 HOST_BUFFER = 4  # collated batches kept ready on the host
 DEVICE_BUFFER = 2  # batches already placed on the devices
@@ -33,42 +34,40 @@ def process_rows(spec: BatchSpec, process_index: int, process_count: int) -> Bat
     if spec.rows % process_count:
         raise ValueError(f"a batch of {spec.rows} rows does not split over {process_count} processes")
     rows = spec.rows // process_count
-    return BatchSpec(spec.indices[process_index * rows : (process_index + 1) * rows], rows, spec.length)
+    return spec._replace(indices=spec.indices[process_index * rows : (process_index + 1) * rows], rows=rows)
 
 
-def _collate(ids, length_multiple: int, spec: BatchSpec) -> dict:
+def _collate(ids, spec: BatchSpec) -> dict:
     local = process_rows(spec, jax.process_index(), jax.process_count())
-    return collate(*ids, local.indices, local.rows, length_multiple, spec.length)
+    return collate(*ids, local.indices, local.rows, lengths=(spec.src_len, spec.tgt_len))
 
 
 def _place(sharding, batch: dict) -> dict:
     return jax.tree.map(partial(jax.make_array_from_process_local_data, sharding), batch)
 
 
-def device_batches(ids: tuple[list, list], plan: list[BatchSpec], start: int, sharding, length_multiple: int) -> Iterator[dict]:
+def device_batches(ids: tuple[list, list], plan: list[BatchSpec], start: int, sharding) -> Iterator[dict]:
     """Batches ``plan[start:]`` as global ``jax.Array`` s with ``sharding``, prefetched (see the module docstring).
 
     Args:
       ids: (source ids, target ids), one list of token ids per sentence.
       plan: the epoch's batches. start: the first batch to read.
       sharding: where a batch goes, e.g. ``NamedSharding(mesh, P("data"))``.
-      length_multiple: padding multiple of sentence batches (``spec.length`` None).
 
     Returns:
       an iterator over dicts of arrays (:func:`zoo.data.batching.collate`'s keys); call its
       ``close()`` when stopping early, which stops the prefetch threads.
     """
-    ds = grain.MapDataset.source(plan[start:]).map(partial(_collate, ids, length_multiple))
+    ds = grain.MapDataset.source(plan[start:]).map(partial(_collate, ids))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=HOST_BUFFER))
     ds = ThreadPrefetchIterDataset(ds.map(partial(_place, sharding)), prefetch_buffer_size=DEVICE_BUFFER)
     return iter(ds)
 
 
-def real_token_share(plan: list[BatchSpec], tgt_ids, length_multiple: int) -> float:
+def real_token_share(plan: list[BatchSpec], tgt_ids) -> float:
     """Real target tokens (y_1..y_n, <eos>) over the padded target positions of a plan."""
     real = padded = 0
     for spec in plan:
-        lengths = [len(tgt_ids[i]) + 1 for i in spec.indices]
-        real += sum(lengths)
-        padded += spec.rows * (spec.length or round_up(max(lengths), length_multiple))
+        real += sum(len(tgt_ids[i]) + 1 for i in spec.indices)
+        padded += spec.rows * spec.tgt_len
     return real / padded

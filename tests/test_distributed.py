@@ -1,0 +1,216 @@
+"""Several processes, one run: two real processes on this machine train as one process does;
+FSDP gives the replicated numbers; evaluation and decoding split their batches over the devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from compile_options import FAST_COMPILE
+from corpus import write_tiny_multi30k
+from jax.sharding import PartitionSpec as P
+
+from zoo import evaluation
+from zoo.checkpoint import CheckpointStore
+from zoo.config import BahdanauConfig, Config, DataConfig, TrainConfig
+from zoo.data.batching import collate
+from zoo.data.corpora import load_split
+from zoo.data.pipeline import TextPipeline
+from zoo.distributed import data_parallel, state_shardings
+from zoo.errors import ZooError
+from zoo.models import build
+from zoo.training import dataset_nll, init_state, make_optimizer, make_train_step, train
+from zoo.translator import Translator
+
+pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = BahdanauConfig(embed_dim=8, hidden_dim=16, attention_dim=8, maxout_dim=8, dropout=0.1)
+TINY_TRAIN = dict(epochs=3, batch_size=8, learning_rate=1e-2, checkpoint_every=2)  # 6 steps an epoch
+
+
+def tiny_config(**train_overrides) -> Config:
+    return Config("bahdanau", TINY_MODEL, DataConfig(min_freq=1), TrainConfig(**{**TINY_TRAIN, **train_overrides}))
+
+
+def tiny_cli_args(workdir, data_dir, max_steps: int) -> list[str]:
+    """train.py's arguments for :func:`tiny_config`."""
+    sets = [arg for name in ("embed_dim", "hidden_dim", "attention_dim", "maxout_dim", "dropout")
+            for arg in ("--set", f"{name}={getattr(TINY_MODEL, name)}")]
+    return ["--model", "bahdanau", *sets, "--min-freq", "1", "--epochs", "3", "--batch-size", "8", "--learning-rate", "1e-2",
+            "--checkpoint-every", "2", "--max-steps", str(max_steps), "--workdir", str(workdir), "--data-dir", str(data_dir),
+            "--no-progress", "--compilation-cache", "off"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_tiny_multi30k(tmp_path_factory.mktemp("data"))
+
+
+def records(workdir) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(workdir) -> dict:
+    """step -> loss, and ("val", step) -> validation loss."""
+    out = {}
+    for r in records(workdir):
+        if "loss" in r:
+            assert r["step"] not in out, f"step {r['step']} logged twice"
+            out[r["step"]] = r["loss"]
+        if "val_loss" in r:
+            out["val", r["step"]] = r["val_loss"]
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="JAX has no multi-process CPU collectives (gloo) on Windows")
+def test_two_processes_train_as_one_and_the_run_resumes_on_one(tmp_path, data_dir):
+    """Two processes of 2 CPU devices each (gloo) against one process of 4 devices: the same global
+    batches and dropout keys, so the same losses (to float reduction order); one copy of every
+    file; and the two-process workdir resumes on one process with the one-process numbers."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    port = free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    logs = [(tmp_path / f"stdout{i}", tmp_path / f"stderr{i}") for i in (0, 1)]  # files: a full pipe would block a process
+    processes = [
+        subprocess.Popen([sys.executable, "train.py", *tiny_cli_args(two, data_dir, max_steps=7), "--coordinator-address",
+                          f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+                         cwd=REPO, env=env, stdout=out.open("w"), stderr=err.open("w"))
+        for i, (out, err) in enumerate(logs)
+    ]
+    try:
+        for p in processes:
+            p.wait(timeout=240)
+    finally:
+        for p in processes:  # a process that failed leaves the other waiting for it
+            p.kill()
+    for p, (_, err) in zip(processes, logs):
+        assert p.returncode == 0, err.read_text()[-2000:]
+    printed = [[line for line in out.read_text().splitlines() if not line.startswith("[Gloo]")] for out, _ in logs]  # gloo's own
+    assert len(printed[0]) == 2 and printed[0][1].startswith("trained to step 7 (epoch 1)") and printed[1] == []  # only process 0
+
+    train(tiny_config(max_steps=9), one, data_dir, progress=False)  # the reference: one process, 4 devices
+    expected, got = losses(one), losses(two)
+    assert list(got) == [1, 2, 3, 4, 5, 6, ("val", 6), 7]  # every step logged once, the epoch's validation too
+    np.testing.assert_allclose([got[k] for k in got], [expected[k] for k in got], rtol=1e-6)
+    start = [r for r in records(two) if r.get("event") == "start"]
+    assert len(start) == 1 and start[0]["devices"].count("CpuDevice") == 4
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    for name in ("src_vocab.json", "tgt_vocab.json"):
+        assert (two / name).read_text() == (one / name).read_text()
+    configs = [json.loads((w / "config.json").read_text()) for w in (two, one)]
+    assert [c["train"].pop("max_steps") for c in configs] == [7, 9] and configs[0] == configs[1]
+
+    result = train(tiny_config(max_steps=9), two, data_dir, progress=False)  # resume on one process
+    assert result["step"] == 9
+    resumed = losses(two)
+    np.testing.assert_allclose([resumed[8], resumed[9]], [expected[8], expected[9]], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny(data_dir):
+    """The tiny model's pipeline, config, graphdef and state, and a batch of 8 training pairs."""
+    src, tgt = load_split("multi30k", "train", "de", "en", data_dir)
+    pipeline = TextPipeline.build(DataConfig(min_freq=1), src, tgt)
+    model_config = BahdanauConfig(**{**TINY_MODEL.__dict__, "src_vocab_size": len(pipeline.src_vocab),
+                                     "tgt_vocab_size": len(pipeline.tgt_vocab)})
+    graphdef, state = init_state(build("bahdanau", model_config), make_optimizer(TrainConfig()))
+    batch = collate(pipeline.encode_source(src), pipeline.encode_target(tgt), np.arange(8), 8)
+    return pipeline, model_config, graphdef, jax.device_get(state), batch, (src[:8], tgt[:8])
+
+
+def test_fsdp_shards_parameters_and_gives_the_replicated_numbers(tiny, tmp_path):
+    _, _, graphdef, host_state, batch, _ = tiny
+    tx = make_optimizer(TrainConfig())
+    batch_sharding, replicated = data_parallel()
+    results = {}
+    for fsdp in (False, True):
+        shardings = state_shardings(host_state, replicated.mesh, fsdp)
+        state = jax.device_put(host_state, shardings)
+        placed, key = jax.device_put(batch, batch_sharding), jax.random.key(0)
+        step = make_train_step(graphdef, tx, state_sharding=shardings).lower(state, placed, key).compile(FAST_COMPILE)
+        for _ in range(2):
+            state, metrics = step(state, placed, key)
+        results[fsdp] = state, metrics
+    state, _ = results[True]
+    specs = {jax.tree_util.keystr(p): x.sharding.spec for p, x in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
+    embedding = next(k for k in specs if "src_embed" in k)  # (V, 8): V is a multiple of 4 or 8 is split
+    assert "data" in specs[embedding]
+    assert all(spec == P() or "data" in spec for spec in specs.values())
+    assert sum("data" in spec for spec in specs.values()) >= len(specs) // 2
+    for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # the sharded state saves and restores into either layout
+    store = CheckpointStore(tmp_path)
+    store.save(2, state, {"epoch": 0})
+    store.close()
+    for fsdp in (False, True):
+        shardings = state_shardings(host_state, replicated.mesh, fsdp)
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), host_state, shardings)
+        restored, _ = CheckpointStore(tmp_path, read_only=True).restore(target)
+        for a, b, s in zip(jax.tree.leaves(restored), jax.tree.leaves(state), jax.tree.leaves(shardings)):
+            assert a.sharding == s
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_state_shardings_split_the_largest_divisible_axis(tiny):
+    mesh = data_parallel()[1].mesh
+    shapes = {"a": np.zeros((6, 8)), "b": np.zeros((12, 8)), "c": np.zeros((3, 5)), "d": np.zeros(())}
+    specs = {k: s.spec for k, s in state_shardings(shapes, mesh, fsdp=True).items()}
+    assert specs == {"a": P(None, "data"), "b": P("data"), "c": P(), "d": P()}
+    assert all(s.spec == P() for s in state_shardings(shapes, mesh, fsdp=False).values())
+
+
+def test_translation_and_perplexities_split_batches_over_the_devices(tiny, monkeypatch):
+    pipeline, model_config, graphdef, host_state, _, (sources, references) = tiny
+    translator = Translator(tiny_config(), pipeline, graphdef, host_state["params"], 0)
+    assert translator.batch_rows(6) == 8  # rounded up to the 4 devices
+    outputs, batches = [], []
+    decode, make = Translator._decode, evaluation.make_eval_nll
+
+    def recording_decode(self, params, batch, beam_size, max_length):
+        outputs.append(decode(self, params, batch, beam_size, max_length))
+        return outputs[-1]
+
+    def recording_make(graphdef, teacher_forcing):
+        eval_nll = make(graphdef, teacher_forcing)
+        return lambda params, batch: batches.append(batch) or eval_nll(params, batch)
+
+    monkeypatch.setattr(Translator, "_decode", recording_decode)
+    monkeypatch.setattr(evaluation, "make_eval_nll", recording_make)
+    for beam_size in (2, 1):
+        translator.translate(sources, beam_size=beam_size)
+        tokens = outputs[-1][0]
+        assert tokens.sharding.spec == P("data") and len(tokens.sharding.device_set) == 4
+    src_ids = pipeline.encode_source(sources)  # greedy: the same tokens as on one device
+    order = np.argsort([len(s) for s in src_ids], kind="stable")
+    batch = collate(src_ids, [[] for _ in src_ids], order, tokens.shape[0])  # the rows translate used
+    one = jax.devices()[0]
+    single, _ = decode(translator, jax.device_put(host_state["params"], one), jax.device_put(batch, one), 1, tokens.shape[1])
+    np.testing.assert_array_equal(np.asarray(tokens), np.asarray(single))
+    ppl = evaluation.perplexities(translator, sources, references, batch_size=6)
+    assert batches and all(b["src"].sharding.spec == P("data") and len(b["src"].sharding.device_set) == 4 for b in batches)
+    ids = pipeline.encode_source(sources), pipeline.encode_target(references)
+    unsharded = dataset_nll(make(graphdef, 1.0), host_state["params"], *ids, 8, 8)
+    np.testing.assert_allclose(np.log(ppl["ppl_teacher_forced"]), unsharded, rtol=1e-6)
+
+
+def test_batch_that_does_not_split_over_the_devices_is_refused_before_writing(tmp_path, data_dir):
+    workdir = tmp_path / "w"
+    with pytest.raises(ZooError, match=r"^--batch-size 6 does not split over 4 devices; use a multiple of 4$"):
+        train(tiny_config(batch_size=6), workdir, data_dir, progress=False)
+    with pytest.raises(ZooError, match=r"^--batch-size 6 does not split over 4 devices"):  # sizes validation batches
+        train(tiny_config(batch_size=6, batch_tokens=80), workdir, data_dir, progress=False)
+    assert not workdir.exists()
