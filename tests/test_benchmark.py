@@ -253,7 +253,8 @@ def test_peer_torch_missing_is_one_line(tmp_path, monkeypatch, capsys):
 def test_train_study_quick_writes_every_field(tmp_path, monkeypatch):
     """``benchmark.py train --quick`` on the synthetic corpus (no Multi30k under --data-dir), with
     fewer timed steps than the preset's."""
-    monkeypatch.setattr(throughput, "QUICK", replace(throughput.QUICK, loop_steps=2, small_loop_steps=3, min_seconds=0.0))
+    monkeypatch.setattr(throughput, "QUICK", replace(throughput.QUICK, loop_steps=2, small_loop_steps=2,
+                                                                log_every=1, min_seconds=0.0))
     out = tmp_path / "out"
     assert cli.main(["train", "--quick", "--models", "transformer", "--data-dir", str(tmp_path / "none"), "--out", str(out)]) == 0
     results = json.loads((out / "train.json").read_text())
