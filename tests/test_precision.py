@@ -110,7 +110,7 @@ def test_bfloat16_loss_and_gradients_follow_float32(name):
 
 
 def test_float16_is_refused_and_an_old_config_reads_as_float32():
-    with pytest.raises(ValueError, match="unknown compute dtype 'float16'.*loss scaling"):
+    with pytest.raises(ValueError, match=r"ChoConfig.dtype='float16': must be one of float32, bfloat16 \(.*loss scaling"):
         _build("cho", "float16")
     raw = json.loads(Config().to_json())
     del raw["model"]["dtype"]  # a config.json written before the field existed

@@ -14,9 +14,38 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+COMPUTE_DTYPES = ("float32", "bfloat16")  # float16 would need loss scaling
+
+
+def check_field(obj, name: str, ok: bool, requirement: str) -> None:
+    """Raise ``ValueError("<Class>.<name>=<value>: <requirement>")`` unless ``ok``: the one message
+    that the command line, the Python API and a ``config.json`` read from disk all give."""
+    if not ok:
+        raise ValueError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r}: {requirement}")
+
+
+def _at_least(obj, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        check_field(obj, name, isinstance(value, int) and value >= minimum, f"must be at least {minimum} (an integer)")
+
+
+class ModelConfig:
+    """What every model config checks on construction (``__post_init__``): every integer field
+    (sizes, widths, counts, windows) is at least 1, ``dropout`` lies in [0, 1) and ``dtype`` is a
+    compute dtype. Choices among names (scores, positional encodings, ...) are checked by the
+    model that reads them, before anything is written."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            if f.type is int:
+                _at_least(self, 1, f.name)
+        check_field(self, "dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)")
+        check_field(self, "dtype", self.dtype in COMPUTE_DTYPES, f"must be one of {', '.join(COMPUTE_DTYPES)} (float16 would need loss scaling)")
+
 
 @dataclass(frozen=True)
-class BahdanauConfig:
+class BahdanauConfig(ModelConfig):
     """Bahdanau et al. (2015) RNNsearch. Widths are per direction for the encoder.
 
     The paper uses embed 620, hidden 1000, maxout 500 on WMT'14. The defaults follow the PyTorch
@@ -38,7 +67,7 @@ class BahdanauConfig:
 
 
 @dataclass(frozen=True)
-class SutskeverConfig:
+class SutskeverConfig(ModelConfig):
     """Sutskever, Vinyals & Le (2014): a deep LSTM reads the source, its final states initialise a
     deep LSTM decoder; nothing else passes between them.
 
@@ -57,7 +86,7 @@ class SutskeverConfig:
 
 
 @dataclass(frozen=True)
-class ChoConfig:
+class ChoConfig(ModelConfig):
     """Cho et al. (2014) RNN encoder-decoder: the summary C enters every decoder step and the output.
 
     The paper: 1000 hidden units, 100-wide embeddings, maxout 500, GRU with the reset gate
@@ -75,7 +104,7 @@ class ChoConfig:
 
 
 @dataclass(frozen=True)
-class LuongConfig:
+class LuongConfig(ModelConfig):
     """Luong, Pham & Manning (2015): stacked LSTMs, attention on the top decoder state h_t,
     attentional state h̃_t = tanh(W_c [c_t; h_t]), input feeding.
 
@@ -101,7 +130,7 @@ class LuongConfig:
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(ModelConfig):
     """Vaswani et al. (2017) encoder-decoder Transformer.
 
     The paper's base model: d_model 512, 8 heads, 6+6 layers, FFN 2048, dropout 0.1, post-LN,
@@ -130,7 +159,7 @@ class TransformerConfig:
 
 
 @dataclass(frozen=True)
-class ConvS2SConfig:
+class ConvS2SConfig(ModelConfig):
     """Gehring et al. (2017) convolutional sequence to sequence learning.
 
     The paper (WMT'14 En-Fr): 512 hidden units, embeddings 512, 15 encoder and 15 decoder
@@ -152,19 +181,6 @@ class ConvS2SConfig:
 
 MODEL_CONFIGS = {"bahdanau": BahdanauConfig, "cho": ChoConfig, "convs2s": ConvS2SConfig, "luong": LuongConfig,
                  "sutskever": SutskeverConfig, "transformer": TransformerConfig}
-
-
-def check_field(obj, name: str, ok: bool, requirement: str) -> None:
-    """Raise ``ValueError("<Class>.<name>=<value>: <requirement>")`` unless ``ok``: the one message
-    that the command line, the Python API and a ``config.json`` read from disk all give."""
-    if not ok:
-        raise ValueError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r}: {requirement}")
-
-
-def _at_least(obj, minimum: int, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        check_field(obj, name, isinstance(value, int) and value >= minimum, f"must be at least {minimum} (an integer)")
 
 
 @dataclass(frozen=True)

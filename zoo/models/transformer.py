@@ -188,6 +188,9 @@ class Transformer(nnx.Module):
             init = nnx.initializers.normal(c.d_model**-0.5)
             self.src_positions = nnx.Embed(c.max_length, c.d_model, embedding_init=init, dtype=self.dtype, rngs=rngs)
             self.tgt_positions = nnx.Embed(c.max_length, c.d_model, embedding_init=init, dtype=self.dtype, rngs=rngs)
+        # Layers in a list run by a Python loop, where ConvS2S scans stacked parameters: each decoder
+        # layer keeps its own key/value cache and cross-attention keys, PyTorch's state dicts import
+        # layer by layer, and at 3-6 layers the unrolled program compiles in seconds.
         self.encoder = nnx.List([EncoderLayer(c, rngs=rngs) for _ in range(c.num_encoder_layers)])
         self.decoder = nnx.List([DecoderLayer(c, rngs=rngs) for _ in range(c.num_decoder_layers)])
         if c.norm == "pre":

@@ -9,7 +9,9 @@ training step does not do.
 
 import jax.numpy as jnp
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from zoo.config import COMPUTE_DTYPES
+
+DTYPES = {name: jnp.dtype(name) for name in COMPUTE_DTYPES}
 
 
 def compute_dtype(name: str):
