@@ -186,9 +186,11 @@ def perplexity(nll: float) -> float:
     return math.exp(nll) if nll < 700 else math.inf
 
 
-def read_metrics(pending):
-    """The one device-to-host read of the loop: every pending step's metrics at once."""
-    return jax.device_get(pending)
+def read_metrics(pending: list[dict]) -> list[dict]:
+    """The one device-to-host read of the loop: every pending step's metrics at once, stacked on
+    the device first (reading each scalar on its own cost ~0.3 ms apiece on a CPU)."""
+    stacked = jax.device_get({name: jnp.stack([m[name] for m in pending]) for name in pending[0]})
+    return [{name: values[i] for name, values in stacked.items()} for i in range(len(pending))]
 
 
 class MetricsLog:

@@ -40,6 +40,7 @@ from zoo.data.batching import bucket_length, collate, token_batches
 from zoo.data.corpora import MULTI30K_SPLITS, load_split, resolve_data_dir
 from zoo.data.pipeline import TextPipeline
 from zoo.data.tokenize import Tokenizer
+from zoo.distributed import data_parallel, state_shardings
 from zoo.flops import jaxpr_flops, peak_flops
 from zoo.models import build, list_models
 from zoo.training import init_state, make_optimizer, make_train_step, train
@@ -141,12 +142,17 @@ def step_batches(config: Config, workdir: Path, data_dir: Path, count: int) -> t
 
 def measure_step(config: Config, batches: list[dict], vocab: tuple[int, int], peak: float, min_seconds: float) -> dict:
     """The compiled step back to back on device batches (passes over ``batches`` for at least
-    ``min_seconds``): tokens/s, compile time, memory, FLOPs, MFU."""
+    ``min_seconds``): tokens/s, compile time, memory, FLOPs, MFU. The step is the loop's own:
+    the same shardings of state, batch and key (:class:`zoo.training.Trainer`)."""
     model_config = dataclasses.replace(config.model, src_vocab_size=vocab[0], tgt_vocab_size=vocab[1])
     tx = make_optimizer(config.train)
     graphdef, state = init_state(build(config.model_name, model_config), tx)
-    step = make_train_step(graphdef, tx, config.train.teacher_forcing, config.train.label_smoothing)
-    key, device_batches = jax.random.key(0), jax.device_put(batches)
+    batch_sharding, replicated = data_parallel()
+    state_sharding = state_shardings(state, replicated.mesh, config.train.fsdp)
+    state = jax.device_put(state, state_sharding)
+    step = make_train_step(graphdef, tx, config.train.teacher_forcing, config.train.label_smoothing, state_sharding)
+    key = jax.random.wrap_key_data(jax.device_put(jax.random.key_data(jax.random.key(0)), replicated))
+    device_batches = [jax.device_put(b, batch_sharding) for b in batches]
     tic = time.perf_counter()
     compiled = step.lower(state, device_batches[0], key).compile()
     compile_s = time.perf_counter() - tic

