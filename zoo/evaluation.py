@@ -13,12 +13,11 @@ Two perplexities, exp of the token-level mean cross-entropy over the references:
                           the PyTorch tutorials' test loss), scored against the reference tokens.
 """
 
-import math
 
 from sacrebleu.metrics import BLEU
 
 from zoo.data.tokenize import Tokenizer
-from zoo.training import dataset_nll, make_eval_nll
+from zoo.training import dataset_nll, make_eval_nll, perplexity
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str], lang: str) -> dict:
@@ -40,16 +39,17 @@ def corpus_bleu(hypotheses: list[str], references: list[str], lang: str) -> dict
 def perplexities(translator, sources: list[str], references: list[str], batch_size: int = 64) -> dict:
     """Teacher-forced and free-running perplexity of the references (see the module docstring), on
     batches of ``batch_size`` sentences (rounded up by ``translator.batch_rows``) split over the
-    local devices."""
-    p = translator.pipeline
-    ids = p.encode_source(sources), p.encode_target(references)
+    local devices. Sentences longer than ``translator.max_source_length`` tokens are truncated, on
+    both sides, as :meth:`~zoo.translator.Translator.translate` truncates sources."""
+    limit = translator.max_source_length
+    ids = translator.encode_source(sources), [t[:limit] for t in translator.pipeline.encode_target(references)]
 
-    def perplexity(teacher_forcing: float) -> float:
+    def nll_perplexity(teacher_forcing: float) -> float:
         eval_nll = make_eval_nll(translator.graphdef, teacher_forcing)
-        return math.exp(dataset_nll(eval_nll, translator.params, *ids, translator.batch_rows(batch_size),
-                                    translator.config.data.length_multiple, translator.batch_sharding))
+        return perplexity(dataset_nll(eval_nll, translator.params, *ids, translator.batch_rows(batch_size),
+                                      translator.config.data.length_multiple, translator.batch_sharding))
 
-    return {"ppl_teacher_forced": perplexity(1.0), "ppl_free_running": perplexity(0.0)}
+    return {"ppl_teacher_forced": nll_perplexity(1.0), "ppl_free_running": nll_perplexity(0.0)}
 
 
 def evaluate(translator, sources: list[str], references: list[str], beam_size: int = 1) -> tuple[dict, list[str]]:
