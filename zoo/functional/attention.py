@@ -14,7 +14,8 @@ keys (..., Tk, N, d_k), values (..., Tk, N, d_v) with N heads, weights (..., N, 
 """
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

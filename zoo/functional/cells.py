@@ -16,7 +16,7 @@ that computes ∂W_h after the loop (and, vmapped, over the whole batch) in one 
 Shapes: D input width, H hidden width, T time steps.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -199,13 +199,13 @@ class MultiHeadAttention(nnx.Module):
         return self._project(x, "key", positions), self._project(x, "value", positions)
 
     def attend(self, query: Float[Array, "Tq N d_head"], key: Float[Array, "Tk N d_head"], value: Float[Array, "Tk N d_head"],
-               query_positions: Int[ArrayLike, " Tq"], key_positions: Int[ArrayLike, " Tk"],
+               query_positions: Int[ArrayLike, " Tq"], key_positions: Int[ArrayLike, " Tk"] | None,
                key_length: Int[ArrayLike, ""] | None = None, causal: bool = False,
                return_weights: bool = False) -> tuple[Float[Array, "Tq d_model"], Float[Array, "N Tq Tk"] | None]:
         """Attention of projected queries (Tq, N, d_head) over projected keys and values (Tk, N, d_head).
 
         Args:
-          query_positions: int (Tq,). key_positions: int (Tk,) (used by Shaw and ALiBi).
+          query_positions: int (Tq,). key_positions: int (Tk,) (used by Shaw and ALiBi; None if neither).
           key_length: int scalar, the keys j < key_length are real (the rest padding); None: all.
           causal: query i reads keys j <= i only (the decoder's self-attention on a whole sentence).
           return_weights: compute and return the attention weights (the reference path).
