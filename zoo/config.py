@@ -41,7 +41,8 @@ class ModelConfig:
             if f.type is int:
                 _at_least(self, 1, f.name)
         check_field(self, "dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)")
-        check_field(self, "dtype", self.dtype in COMPUTE_DTYPES, f"must be one of {', '.join(COMPUTE_DTYPES)} (float16 would need loss scaling)")
+        check_field(self, "dtype", self.dtype in COMPUTE_DTYPES,
+                    f"must be one of {', '.join(COMPUTE_DTYPES)} (float16 would need loss scaling)")
 
 
 @dataclass(frozen=True)
