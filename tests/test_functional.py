@@ -8,10 +8,11 @@ import os
 
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import pytest
 
-from zoo.functional import attention, cells, layers, masks
+from zoo.functional import attention, cells, convolution, layers, masks
 
 F32 = np.float32
 
@@ -404,3 +405,15 @@ def test_maxout_hand_computed():
     # gradient goes to the winning unit of each pool
     g = jax.grad(lambda a: layers.maxout(a).sum())(jnp.array([1.0, 5.0, -2.0, -3.0, 0.0, 7.0]))
     np.testing.assert_array_equal(g, [0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+
+
+def test_jaxtyping_refuses_a_wrong_shape(request):
+    """The shape annotations are checked under the suite's jaxtyping hook (``addopts`` in pyproject.toml):
+    a bias of width 1 for 3 output channels, which conv1d's ``+ b[None, :]`` would broadcast silently,
+    is refused, naming the function and the parameter; the right shapes pass."""
+    if not request.config.getoption("jaxtyping_packages", default=None):
+        pytest.skip("run without jaxtyping's pytest hook (--jaxtyping-packages)")
+    x, w = _normal(0, (5, 2)), _normal(1, (3, 2, 3))
+    assert convolution.conv1d(x, w, jnp.zeros(3)).shape == (5, 3)
+    with pytest.raises(jaxtyping.TypeCheckError, match=r"conv1d[\s\S]*parameter 'b'"):
+        convolution.conv1d(x, w, jnp.zeros(1))

@@ -14,15 +14,17 @@ keys (..., Tk, N, d_k), values (..., Tk, N, d_v) with N heads, weights (..., N, 
 """
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Float32, Int, PRNGKeyArray, Real, Shaped
 
 from zoo.functional.masks import attention_mask
 
 
-def masked_softmax(logits, mask):
+def masked_softmax(logits: Float[Array, "*batch S"], mask: Bool[ArrayLike, "..."]) -> Float[Array, "*batch S"]:
     """Softmax over the last axis restricted to ``mask``.
 
         α_j = exp(e_j) / Σ_{k: mask_k} exp(e_k)  for mask_j, else 0.
@@ -48,7 +50,8 @@ def masked_softmax(logits, mask):
     return (exp / jnp.where(total > 0, total, 1.0)).astype(dtype)
 
 
-def hard_weights(logits, mask, key=None, temperature: float = 1.0):
+def hard_weights(logits: Float[Array, " S"], mask: Bool[Array, " S"], key: PRNGKeyArray | None = None,
+                 temperature: float = 1.0) -> Float[Array, " S"]:
     """Hard attention: a one-hot weight row on a single source position.
 
     Without a key (inference) the row is one-hot at argmax_j e_j over the real positions.
@@ -73,7 +76,8 @@ def hard_weights(logits, mask, key=None, temperature: float = 1.0):
     return one_hot + (relaxed - jax.lax.stop_gradient(relaxed))  # forward: exactly one_hot
 
 
-def local_window(center, num_positions: int, window: int):
+def local_window(center: Real[ArrayLike, ""], num_positions: int,
+                 window: int) -> tuple[Int[Array, ""], Int[Array, " W"], Bool[Array, " W"]]:
     """Local attention's window (Luong et al. 2015, section 3.2), to be gathered rather than masked.
 
     The positions s with |s − p_t| <= D lie in [floor(p_t) − D, floor(p_t) + D], so they all fall
@@ -99,19 +103,19 @@ def local_window(center, num_positions: int, window: int):
     return start, positions, jnp.abs(positions.astype(center.dtype) - center) <= window
 
 
-def gather_window(x, start, width: int):
+def gather_window(x: Shaped[Array, " S *rest"], start: Int[ArrayLike, ""], width: int) -> Shaped[Array, " W *rest"]:
     """Rows start .. start + W − 1 of x (S, ...) (``jax.lax.dynamic_slice``): (W, ...). ``start`` from
     :func:`local_window`, which keeps them inside [0, S)."""
     return jax.lax.dynamic_slice_in_dim(x, start, width, axis=0)
 
 
-def scatter_window(weights, start, num_positions: int):
+def scatter_window(weights: Float[Array, " W"], start: Int[ArrayLike, ""], num_positions: int) -> Float[Array, " S"]:
     """A window's weights (W,) back in a full row (S,), zero outside the window (the inverse of
     :func:`gather_window`, by ``jax.lax.dynamic_update_slice``)."""
     return jax.lax.dynamic_update_slice_in_dim(jnp.zeros((num_positions,), weights.dtype), weights, start, axis=0)
 
 
-def gaussian_window(center, positions, window: int):
+def gaussian_window(center: Real[ArrayLike, ""], positions: Int[Array, " W"], window: int) -> Float32[Array, " W"]:
     """Local-p's preference for positions near p_t (Luong et al. 2015, eq. 10):
     exp(−(s − p_t)² / (2σ²)) with σ = D/2, at int ``positions`` s (W,), with p_t a float scalar.
     Returns float32 (W,)."""
@@ -120,7 +124,7 @@ def gaussian_window(center, positions, window: int):
     return jnp.exp(-jnp.square(positions.astype(center.dtype) - center) / (2.0 * sigma**2))
 
 
-def context_vector(weights, values):
+def context_vector(weights: Float[Array, "*batch S"], values: Float[Array, "S C"]) -> Float[Array, "*batch C"]:
     """Context vector c = Σ_j α_j v_j (Bahdanau et al. 2015, eq. 5).
 
     Args:
@@ -133,7 +137,10 @@ def context_vector(weights, values):
     return weights @ values
 
 
-def scaled_dot_product_attention(query, key, value, mask=None, bias=None):
+def scaled_dot_product_attention(
+    query: Float[Array, "*batch Tq N d_k"], key: Float[Array, "*batch Tk N d_k"], value: Float[Array, "*batch Tk N d_v"],
+    mask: Bool[ArrayLike, "..."] | None = None, bias: Float[Array, "..."] | None = None,
+) -> tuple[Float[Array, "*batch Tq N d_v"], Float[Array, "*batch N Tq Tk"]]:
     """Scaled dot-product attention (Vaswani et al. 2017, eq. 1), for every head at once:
 
         weights = softmax(Q Kᵀ / √d_k + bias) over the allowed keys,   output = weights V
@@ -184,7 +191,11 @@ def _standard_promotion(f):
     return wrapped
 
 
-def fused_attention(query, key, value, key_length=None, causal: bool = False, bias=None, implementation=None):
+def fused_attention(
+    query: Float[Array, "*batch Tq N d_k"], key: Float[Array, "*batch Tk N d_k"], value: Float[Array, "*batch Tk N d_v"],
+    key_length: Int[ArrayLike, "..."] | None = None, causal: bool = False, bias: Float[Array, "..."] | None = None,
+    implementation: str | None = None,
+) -> Float[Array, "*batch Tq N d_v"]:
     """Scaled dot-product attention through ``jax.nn.dot_product_attention`` (no weights returned).
 
     The fast path: XLA's kernel, or cuDNN's flash attention with ``implementation="cudnn"``
@@ -232,7 +243,11 @@ def fused_attention(query, key, value, key_length=None, causal: bool = False, bi
     return output[0] if one_example else output
 
 
-def blocked_attention(query, key, value, key_length=None, causal: bool = False, bias_fn=None, block_size: int = 128):
+def blocked_attention(
+    query: Float[Array, "*batch Tq N d_k"], key: Float[Array, "*batch Tk N d_k"], value: Float[Array, "*batch Tk N d_v"],
+    key_length: Int[ArrayLike, "..."] | None = None, causal: bool = False, bias_fn: Callable | None = None,
+    block_size: int = 128,
+) -> Float[Array, "*batch Tq N d_v"]:
     """Memory-efficient scaled dot-product attention: the keys are read in blocks of B with an
     online softmax (Milakov & Gimelshein 2018; Rabe & Staats 2021; FlashAttention, Dao et al. 2022):
 
@@ -305,12 +320,12 @@ def _project_keys(params, keys):
     return keys @ params["w_key"]
 
 
-def dot_score(params, query, keys):
+def dot_score(params: dict, query: Float[Array, " Q"], keys: Float[Array, "S Q"]) -> Float[Array, " S"]:
     """Dot score e_j = qᵀ k_j (Luong et al. 2015, eq. 8, "dot"). Needs Q = K; no parameters."""
     return keys @ query
 
 
-def general_score(params, query, keys):
+def general_score(params: dict, query: Float[Array, " Q"], keys: Float[Array, "S K"]) -> Float[Array, " S"]:
     """General (bilinear) score e_j = qᵀ W k_j (Luong et al. 2015, eq. 8, "general").
 
     Computed as (qᵀ W) k_j: one (Q, K) product per query, none per key. ``params["w"]``: (Q, K).
@@ -318,7 +333,7 @@ def general_score(params, query, keys):
     return keys @ (query @ params["w"])
 
 
-def additive_score(params, query, keys_proj):
+def additive_score(params: dict, query: Float[Array, " Q"], keys_proj: Float[Array, "S A"]) -> Float[Array, " S"]:
     """Additive (concat) score e_j = vᵀ tanh(W_q q + W_k k_j), i.e. vᵀ tanh(W [q; k_j]) with
     W = [W_q W_k] (Bahdanau et al. 2015, eq. 6 and appendix A.1.2, where W_q, W_k, v are
     W_a, U_a, v_a; Luong et al. 2015, eq. 8, "concat").
@@ -330,7 +345,7 @@ def additive_score(params, query, keys_proj):
     return jnp.tanh(keys_proj + (query @ params["w_query"])[None, :]) @ params["v"]
 
 
-def scaled_dot_score(params, query, keys_proj):
+def scaled_dot_score(params: dict, query: Float[Array, " Q"], keys_proj: Float[Array, "S A"]) -> Float[Array, " S"]:
     """Scaled dot-product score with learned projections, e_j = (W_Q q)ᵀ (W_K k_j) / √A
     (Vaswani et al. 2017, eq. 1, with q = W_Q s and k_j = W_K h_j).
 
@@ -340,7 +355,7 @@ def scaled_dot_score(params, query, keys_proj):
     return keys_proj @ (query @ params["w_query"]) / math.sqrt(keys_proj.shape[-1])
 
 
-def cosine_score(params, query, keys):
+def cosine_score(params: dict, query: Float[Array, " Q"], keys: Float[Array, "S Q"]) -> Float[Array, " S"]:
     """Cosine similarity scaled by a learned key strength β > 0 (Graves et al. 2014, Neural
     Turing Machines, eq. 5-6): e_j = β qᵀ k_j / (‖q‖ ‖k_j‖), β = exp(``params["log_beta"]``).
 
@@ -354,7 +369,7 @@ def cosine_score(params, query, keys):
     return jnp.exp(params["log_beta"]) * (k @ q)
 
 
-def mlp_score(params, query, keys_proj):
+def mlp_score(params: dict, query: Float[Array, " Q"], keys_proj: Float[Array, "S A"]) -> Float[Array, " S"]:
     """Two-hidden-layer perceptron on [q; k_j], generalising the additive score's single tanh
     layer: e_j = vᵀ ReLU(W_2 ReLU(W_q q + W_k k_j + b_1) + b_2).
 

@@ -16,18 +16,23 @@ that computes ∂W_h after the loop (and, vmapped, over the whole batch) in one 
 Shapes: D input width, H hidden width, T time steps.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from zoo.functional.counting import record
 from zoo.functional.masks import length_mask
 
 NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
+# a hidden state h (H,), and a cell's carry: h, or (h, c) for the LSTM
+Hidden = Float[Array, "*batch H"]
+Carry = Hidden | tuple[Hidden, Hidden]
 
-def input_projection(params, x):
+
+def input_projection(params: dict, x: Float[Array, "*batch D"]) -> Float[Array, "*batch GH"]:
     """Input half of a cell's gates, W_i x + b_i, for one step (D,) or a whole sequence (T, D).
 
     Computing it for all T steps at once, outside the scan, turns T matrix-vector products
@@ -44,7 +49,7 @@ def input_projection(params, x):
     return x @ params["w_i"] + bias.reshape((1,) * (x.ndim - 1) + bias.shape)
 
 
-def elman_update(params, h, gates_x):
+def elman_update(params: dict, h: Hidden, gates_x: Hidden) -> tuple[Hidden, Hidden]:
     """Simple recurrent network (Elman 1990), ``torch.nn.RNN`` with tanh:
 
         h' = tanh(W_i x + b_i + W_h h + b_h)
@@ -66,7 +71,8 @@ def _elman_core(h, gates_x, product):
     return h, h
 
 
-def lstm_update(params, carry, gates_x):
+def lstm_update(params: dict, carry: tuple[Hidden, Hidden],
+                gates_x: Float[Array, "*batch G"]) -> tuple[tuple[Hidden, Hidden], Hidden]:
     """Long short-term memory (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et
     al. 2000), as in Sutskever et al. (2014, section 2) and ``torch.nn.LSTM``:
 
@@ -93,7 +99,8 @@ def _lstm_core(carry, gates_x, product):
     return (h, c), h
 
 
-def gru_update(params, h, gates_x, reset_after: bool = True):
+def gru_update(params: dict, h: Hidden, gates_x: Float[Array, "*batch G"],
+               reset_after: bool = True) -> tuple[Hidden, Hidden]:
     """Gated recurrent unit (Cho et al. 2014, eqs. 5-8):
 
         r = σ(W_ir x + b_ir + W_hr h + b_hr)
@@ -180,33 +187,34 @@ def hidden_update(cell: str, reset_after: bool = True) -> Callable:
     return lambda params, carry, gates_x: core(carry, gates_x, _dense_product(params, blocks))
 
 
-def elman_cell(params, carry, x):
+def elman_cell(params: dict, carry: Hidden, x: Float[Array, "*batch D"]) -> tuple[Hidden, Hidden]:
     """One Elman step on input x (D,) (see :func:`elman_update`): ``(h', h')``."""
     return elman_update(params, carry, input_projection(params, x))
 
 
-def lstm_cell(params, carry, x):
+def lstm_cell(params: dict, carry: tuple[Hidden, Hidden],
+              x: Float[Array, "*batch D"]) -> tuple[tuple[Hidden, Hidden], Hidden]:
     """One LSTM step on input x (D,) (see :func:`lstm_update`): ``((h', c'), h')``."""
     return lstm_update(params, carry, input_projection(params, x))
 
 
-def gru_cell(params, carry, x, reset_after: bool = True):
+def gru_cell(params: dict, carry: Hidden, x: Float[Array, "*batch D"], reset_after: bool = True) -> tuple[Hidden, Hidden]:
     """One GRU step on input x (D,) (see :func:`gru_update`): ``(h', h')``."""
     return gru_update(params, carry, input_projection(params, x), reset_after)
 
 
-def initial_carry(cell: str, hidden_dim: int, dtype=jnp.float32):
+def initial_carry(cell: str, hidden_dim: int, dtype=jnp.float32) -> Carry:
     """Zero carry: h (H,), or ``(h, c)`` for the LSTM."""
     h = jnp.zeros((hidden_dim,), dtype)
     return (h, h) if cell == "lstm" else h
 
 
-def carry_output(cell: str, carry):
+def carry_output(cell: str, carry: Carry) -> Hidden:
     """The hidden state h of a carry (the LSTM carries ``(h, c)``)."""
     return carry[0] if cell == "lstm" else carry
 
 
-def run_rnn(step: Callable, carry, xs, seq_length, reverse: bool = False):
+def run_rnn(step: Callable, carry, xs, seq_length: Int[ArrayLike, ""], reverse: bool = False):
     """Unroll ``step(carry, x) -> (carry, y)`` over time with ``lax.scan``, skipping padding.
 
     At a padded position (t >= seq_length) the carry passes through unchanged and the output
@@ -342,8 +350,8 @@ def _hidden_product_scan(core: Callable, blocks: tuple, reverse: bool, unroll: i
     return scan
 
 
-def recurrent(cell: str, params, xs, seq_length, carry, reverse: bool = False, reset_after: bool = True,
-              unroll: int = 1):
+def recurrent(cell: str, params: dict, xs: Float[Array, "T D"], seq_length: Int[ArrayLike, ""], carry: Carry,
+              reverse: bool = False, reset_after: bool = True, unroll: int = 1) -> tuple[Carry, Float[Array, "T H"]]:
     """Run a named cell over a sequence, honouring ``seq_length``.
 
     The input half of the gates is computed for all steps at once (:func:`input_projection`);

@@ -5,11 +5,13 @@ Glossary of shapes: T time steps, k kernel width, C_in / C_out input / output ch
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 PADDINGS = ("same", "causal")
 
 
-def conv1d(x, w, b, padding: str = "same"):
+def conv1d(x: Float[Array, "T C_in"], w: Float[Array, "k C_in C_out"], b: Float[Array, " C_out"],
+           padding: str = "same") -> Float[Array, "T C_out"]:
     """One-dimensional convolution (cross-correlation, as every deep-learning library) over time:
 
         y_t = b + Σ_{i=0}^{k-1} x_{t + i − p} W_i        (x_s = 0 outside 0 <= s < T)
@@ -54,7 +56,7 @@ def conv1d(x, w, b, padding: str = "same"):
     return windows @ w.reshape(k * w.shape[1], w.shape[2]) + b[None, :]
 
 
-def glu(x):
+def glu(x: Float[Array, "*batch C2"]) -> Float[Array, "*batch C"]:
     """Gated linear unit (Dauphin et al. 2017, eq. 1; Gehring et al. 2017, section 3.2):
 
         v([A; B]) = A ⊗ σ(B)

@@ -9,9 +9,10 @@ the reference and blocked paths the boolean masks below.
 """
 
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Int, Shaped
 
 
-def length_mask(seq_length, max_length: int):
+def length_mask(seq_length: Int[ArrayLike, ""], max_length: int) -> Bool[Array, " T"]:
     """Boolean mask of the real (non-padding) positions of one sequence.
 
     Args:
@@ -24,7 +25,8 @@ def length_mask(seq_length, max_length: int):
     return jnp.arange(max_length) < seq_length
 
 
-def attention_mask(num_queries: int, num_keys: int, key_length=None, causal: bool = False, key_offset=0):
+def attention_mask(num_queries: int, num_keys: int, key_length: Int[ArrayLike, "*batch"] | None = None, causal: bool = False,
+                   key_offset: Int[ArrayLike, ""] = 0) -> Bool[Array, "*batch 1 Tq Tk"] | None:
     """The keys each query may read, for queries 0..Tq−1 over keys at positions o + j, j < Tk:
 
         allowed[..., i, j] = (o + j < key_length) ∧ (¬causal ∨ o + j <= i)
@@ -56,7 +58,7 @@ def attention_mask(num_queries: int, num_keys: int, key_length=None, causal: boo
     return (allowed.reshape(batch + allowed.shape) & real)[..., None, :, :]
 
 
-def reverse_padded(xs, seq_length):
+def reverse_padded(xs: Shaped[ArrayLike, " T *rest"], seq_length: Int[ArrayLike, ""]) -> Shaped[Array, " T *rest"]:
     """Reverse the first ``seq_length`` entries of xs (T, ...) and leave the padding after them:
     [a, b, c, pad] -> [c, b, a, pad] (the source reversal of Sutskever et al. 2014, section 3.3).
 

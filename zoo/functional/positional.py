@@ -12,11 +12,13 @@ Shapes: T positions, Tq queries, Tk keys, N heads, d width (d_model or d_head).
 import math
 
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Float32, Int, Int32
 
 LAYOUTS = ("interleaved", "concat")
 
 
-def sinusoidal(positions, dim: int, layout: str = "interleaved", base: float = 10000.0):
+def sinusoidal(positions: Int[ArrayLike, " T"], dim: int, layout: str = "interleaved",
+               base: float = 10000.0) -> Float32[Array, "T d"]:
     """Sinusoidal position encodings (Vaswani et al. 2017, section 3.5):
 
         PE(pos, 2i) = sin(pos / base^{2i/d}),   PE(pos, 2i+1) = cos(pos / base^{2i/d})
@@ -45,7 +47,8 @@ def sinusoidal(positions, dim: int, layout: str = "interleaved", base: float = 1
     return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(positions.shape[0], dim)
 
 
-def relative_positions(query_positions, key_positions, max_distance: int):
+def relative_positions(query_positions: Int[ArrayLike, " Tq"], key_positions: Int[ArrayLike, " Tk"],
+                       max_distance: int) -> Int32[Array, "Tq Tk"]:
     """Indices of Shaw et al.'s (2018, eq. 3-4) clipped relative positions:
 
         idx(i, j) = clip(j − i, −k, k) + k ∈ [0, 2k]
@@ -60,7 +63,8 @@ def relative_positions(query_positions, key_positions, max_distance: int):
     return (jnp.clip(offset, -max_distance, max_distance) + max_distance).astype(jnp.int32)
 
 
-def relative_logits(query, table, indices):
+def relative_logits(query: Float[Array, "Tq N d"], table: Float[Array, "R d"],
+                    indices: Int[Array, "Tq Tk"]) -> Float[Array, "N Tq Tk"]:
     """The key-side term of Shaw et al. (2018, eq. 5): q_i · a^K_ij, scaled like the logits,
 
         bias[n, i, j] = q_{i,n} · a^K[idx(i, j)] / √d
@@ -76,7 +80,8 @@ def relative_logits(query, table, indices):
     return jnp.einsum("qnd,qkd->nqk", query, table[indices]) / math.sqrt(query.shape[-1])
 
 
-def relative_values(weights, table, indices):
+def relative_values(weights: Float[Array, "N Tq Tk"], table: Float[Array, "R d"],
+                    indices: Int[Array, "Tq Tk"]) -> Float[Array, "Tq N d"]:
     """The value-side term of Shaw et al. (2018, eq. 3): Σ_j α_ij a^V_ij.
 
     Args:
@@ -88,7 +93,7 @@ def relative_values(weights, table, indices):
     return jnp.einsum("nqk,qkd->qnd", weights, table[indices])
 
 
-def rotary(x, positions, base: float = 10000.0):
+def rotary(x: Float[Array, "T *heads d"], positions: Int[ArrayLike, " T"], base: float = 10000.0) -> Float[Array, "T *heads d"]:
     """Rotary position embedding (RoPE, Su et al. 2021, eq. 34): each pair (x_{2i}, x_{2i+1}) of
     the vector at position m is rotated by the angle m θ_i, θ_i = base^{−2i/d}:
 
@@ -117,7 +122,7 @@ def rotary(x, positions, base: float = 10000.0):
     return jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1).reshape(x.shape)
 
 
-def alibi_slopes(num_heads: int):
+def alibi_slopes(num_heads: int) -> Float32[Array, " N"]:
     """ALiBi's head-specific slopes (Press et al. 2022, section 3): for N a power of two, the
     geometric sequence m_h = 2^{−8h/N}, h = 1..N (1/2, 1/4, ..., 1/256 for 8 heads). Otherwise
     the slopes of the closest smaller power of two 2^a, then every other slope of 2^{a+1} (the
@@ -134,7 +139,8 @@ def alibi_slopes(num_heads: int):
     return jnp.asarray(slopes, jnp.float32)
 
 
-def alibi_bias(slopes, query_positions, key_positions):
+def alibi_bias(slopes: Float[Array, " N"], query_positions: Int[ArrayLike, " Tq"],
+               key_positions: Int[ArrayLike, " Tk"]) -> Float32[Array, "N Tq Tk"]:
     """ALiBi (Press et al. 2022, eq. in section 3): a penalty linear in the distance,
 
         bias[h, i, j] = −m_h · |i − j|

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Real
 
 from zoo.functional import attention, masks, positional
 from zoo.functional.counting import record
@@ -54,12 +55,14 @@ class Attention(nnx.Module):
     def params(self) -> dict:
         return {name: getattr(self, name)[...].astype(self.dtype) for name in self.names}
 
-    def project_keys(self, keys):
+    def project_keys(self, keys: Float[Array, "S K"]) -> Float[Array, "S A"]:
         """The query-independent part of the score for every source position: keys (S, K) -> (S, K').
         Take it once per sentence."""
         return attention.get_score(self.score_name).project_keys(self.params, keys)
 
-    def __call__(self, query, keys_proj, values, mask, key=None, center=None):
+    def __call__(self, query: Float[Array, " Q"], keys_proj: Float[Array, "S A"], values: Float[Array, "S C"],
+                 mask: Bool[Array, " S"], key: PRNGKeyArray | None = None,
+                 center: Real[ArrayLike, ""] | None = None) -> tuple[Float[Array, " C"], Float[Array, " S"]]:
         """query (Q,), keys_proj (S, K') from :meth:`project_keys`, values (S, C), mask (S,) True on
         real positions; ``key`` draws the hard attention's sample during training; ``center``
         p_t (float scalar) for local attention.
@@ -185,21 +188,24 @@ class MultiHeadAttention(nnx.Module):
             y = positional.rotary(y, positions)
         return y
 
-    def queries(self, x, positions):
+    def queries(self, x: Float[Array, "T d_model"], positions: Int[ArrayLike, " T"]) -> Float[Array, "T N d_head"]:
         """Queries Q = x W_Q + b (T, N, d_head) of inputs x (T, d_model) at int positions (T,)."""
         return self._project(x, "query", positions)
 
-    def keys_values(self, x, positions):
+    def keys_values(self, x: Float[Array, "T d_model"],
+                    positions: Int[ArrayLike, " T"]) -> tuple[Float[Array, "T N d_head"], Float[Array, "T N d_head"]]:
         """``(K, V)``, each (T, N, d_head), of inputs x (T, d_model) at int positions (T,).
         A decoder caches them; cross-attention takes them once per source sentence."""
         return self._project(x, "key", positions), self._project(x, "value", positions)
 
-    def attend(self, query, key, value, query_positions, key_positions, key_length=None, causal: bool = False,
-               return_weights: bool = False):
+    def attend(self, query: Float[Array, "Tq N d_head"], key: Float[Array, "Tk N d_head"], value: Float[Array, "Tk N d_head"],
+               query_positions: Int[ArrayLike, " Tq"], key_positions: Int[ArrayLike, " Tk"] | None,
+               key_length: Int[ArrayLike, ""] | None = None, causal: bool = False,
+               return_weights: bool = False) -> tuple[Float[Array, "Tq d_model"], Float[Array, "N Tq Tk"] | None]:
         """Attention of projected queries (Tq, N, d_head) over projected keys and values (Tk, N, d_head).
 
         Args:
-          query_positions: int (Tq,). key_positions: int (Tk,) (used by Shaw and ALiBi).
+          query_positions: int (Tq,). key_positions: int (Tk,) (used by Shaw and ALiBi; None if neither).
           key_length: int scalar, the keys j < key_length are real (the rest padding); None: all.
           causal: query i reads keys j <= i only (the decoder's self-attention on a whole sentence).
           return_weights: compute and return the attention weights (the reference path).
@@ -230,8 +236,10 @@ class MultiHeadAttention(nnx.Module):
         output = heads.reshape(num_queries, -1) @ self._param("w_out") + self._param("b_out")[None, :]
         return output, weights if return_weights else None
 
-    def __call__(self, inputs_q, inputs_kv, key_length=None, causal: bool = False, query_positions=None,
-                 key_positions=None, return_weights: bool = False):
+    def __call__(self, inputs_q: Float[Array, "Tq d_model"], inputs_kv: Float[Array, "Tk d_model"],
+                 key_length: Int[ArrayLike, ""] | None = None, causal: bool = False,
+                 query_positions: Int[ArrayLike, " Tq"] | None = None, key_positions: Int[ArrayLike, " Tk"] | None = None,
+                 return_weights: bool = False) -> tuple[Float[Array, "Tq d_model"], Float[Array, "N Tq Tk"] | None]:
         """Attention of inputs_q (Tq, d_model) over inputs_kv (Tk, d_model) (the same array for
         self-attention); positions default to 0..T−1; ``key_length``, ``causal`` and
         ``return_weights`` as :meth:`attend`.

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from zoo.functional import cells
 from zoo.functional.counting import record
@@ -53,17 +54,18 @@ class RNNLayer(nnx.Module):
         """The cell's parameters in the compute dtype."""
         return {name: getattr(self, name)[...].astype(self.dtype) for name in ("w_i", "b_i", "w_h", "b_h")}
 
-    def initial_carry(self):
+    def initial_carry(self) -> cells.Carry:
         """Zero carry in the compute dtype: h (H,), or ``(h, c)`` for the LSTM."""
         return cells.initial_carry(self.cell, self.hidden_dim, self.dtype)
 
-    def __call__(self, carry, x):
+    def __call__(self, carry: cells.Carry, x: Float[Array, " D"]) -> tuple[cells.Carry, Float[Array, " H"]]:
         """One step on x (D,): ``(carry, x) -> (carry', h')``."""
         record("recurrent_steps", 1)
         update = cells.hidden_update(self.cell, self.reset_after)
         return update(self.params, carry, cells.input_projection(self.params, x))
 
-    def scan(self, xs, seq_length, carry=None, reverse: bool = False):
+    def scan(self, xs: Float[Array, "T D"], seq_length: Int[ArrayLike, ""], carry: cells.Carry | None = None,
+             reverse: bool = False) -> tuple[cells.Carry, Float[Array, "T H"]]:
         """Run over xs (T, D) with ``seq_length`` real steps: ``(carry_last, hs (T, H))``, hs zero at padding."""
         if carry is None:
             carry = self.initial_carry()
@@ -78,7 +80,8 @@ class Bidirectional(nnx.Module):
         self.forward = RNNLayer(cell, input_dim, hidden_dim, rngs=rngs, **cell_options)
         self.backward = RNNLayer(cell, input_dim, hidden_dim, rngs=rngs, **cell_options)
 
-    def __call__(self, xs, seq_length):
+    def __call__(self, xs: Float[Array, "T D"],
+                 seq_length: Int[ArrayLike, ""]) -> tuple[Float[Array, "T H2"], cells.Carry, cells.Carry]:
         """Encode xs (T, D) with ``seq_length`` real steps.
 
         Returns:
@@ -115,7 +118,8 @@ class StackedRNN(nnx.Module):
             raise ValueError("a bidirectional stack starts from zero carries; it takes no initial carry")
         return [layer.initial_carry() for layer in self.layers]
 
-    def __call__(self, xs, seq_length, key=None, carries=None):
+    def __call__(self, xs: Float[Array, "T D"], seq_length: Int[ArrayLike, ""], key: PRNGKeyArray | None = None,
+                 carries: list | None = None) -> tuple[Float[Array, "T W"], list]:
         """Encode xs (T, D) with ``seq_length`` real steps; ``key`` for dropout between layers;
         ``carries``: initial carry per layer (unidirectional stacks; default zeros).
 
@@ -141,7 +145,7 @@ class StackedRNN(nnx.Module):
                 carries.append(c)
         return xs, carries
 
-    def step(self, carries: list, x, key=None):
+    def step(self, carries: list, x: Float[Array, " D"], key: PRNGKeyArray | None = None) -> tuple[list, Float[Array, " H"]]:
         """One time step through every layer (unidirectional stacks; decoders).
 
         Args:
