@@ -76,7 +76,8 @@ def run_child(tree: Path, args, model_name: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=(*MODELS, "transformer", "convs2s"),
+                        help="default: the recurrent models; the Transformer and ConvS2S time the same way")
     parser.add_argument("--baseline", default="3b4be56", help="commit to compare against")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--tokens", type=int, default=24, help="source and target positions per example")

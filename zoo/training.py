@@ -406,7 +406,8 @@ class Trainer:
         self.key = jax.random.wrap_key_data(jax.device_put(key_data, replicated))
         self.train_step = make_train_step(self.graphdef, self.tx, t.teacher_forcing, t.label_smoothing, state_sharding)
         self.eval_nll = make_eval_nll(self.graphdef)
-        self.steps_per_epoch = len(run.plan(0))
+        first_plan = run.plan(0)  # every epoch has as many batches; only their order changes
+        self.steps_per_epoch = len(first_plan)
         self.total_steps = min(t.epochs * self.steps_per_epoch, t.max_steps or math.inf)
         self.main = is_main()
         self.bar = tqdm(total=self.total_steps, initial=self.pos.step, disable=not (progress and self.main), unit="step",
@@ -417,7 +418,7 @@ class Trainer:
         if self.pos.step == 0:
             self.log.write(event="start", step=0, num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
                            devices=str(jax.devices()), steps_per_epoch=self.steps_per_epoch,
-                           real_token_share=real_token_share(run.plan(0), run.train_ids[1]),
+                           real_token_share=real_token_share(first_plan, run.train_ids[1]),
                            skipped_long_pairs=run.skipped)
         if run.skipped:
             self.print(f"left out {run.skipped} training pairs longer than {run.config.data.max_length} tokens "
