@@ -212,6 +212,9 @@ def test_loop_reads_the_device_once_per_log_interval(tmp_path, data_dir, monitor
         assert r["tokens_per_s"] > 0 and r["step_time_s"] > 0 and 0 < r["mfu"] and r["flops_per_s"] > 0
     start = records[0]
     assert start["event"] == "start" and start["steps_per_epoch"] == 6 and 0 < start["real_token_share"] <= 1
+    end = records[-1]
+    assert end["event"] == "end" and (end["step"], end["epoch"], end["stopped_by"]) == (8, 1, None)
+    assert 0 < end["wall_s"] <= result["wall_s"]
 
 
 @pytest.fixture

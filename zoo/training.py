@@ -196,7 +196,8 @@ def read_metrics(pending: list[dict]) -> list[dict]:
 class MetricsLog:
     """``metrics.jsonl``: per step ``step, epoch, loss, grad_norm, tokens``; per logged interval
     ``event="interval"`` with target tokens/s, step time, achieved FLOP/s and MFU; validations
-    and run events. Step metrics wait on the device (:meth:`add`) until :meth:`flush`.
+    and run events (``start``; ``end`` with the run's ``wall_s``, one per uninterrupted segment of
+    a resumed run). Step metrics wait on the device (:meth:`add`) until :meth:`flush`.
 
     On resume, lines past the checkpoint's step are dropped; a last line cut short by a crash
     is dropped too. Only a ``writer`` writes the file; every process reads and checks the metrics.
@@ -520,6 +521,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
                 trainer.save()
             if stop.signal:
                 trainer.print(f"saved step {p.step}, stopping on {stop.signal}")
+            trainer.log.write(event="end", step=p.step, epoch=p.epoch, wall_s=time.time() - start, stopped_by=stop.signal)
         finally:
             trainer.close()
     return {"step": p.step, "epoch": p.epoch, "val_loss": val_loss, "best_val_loss": p.best_val_loss,
