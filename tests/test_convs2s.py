@@ -113,7 +113,7 @@ def _teacher_forced():
     with its garbage counted as real tokens."""
     model = _model()
     with jax.disable_jit():
-        outs = [model(_i32(src), jnp.int32(n), _i32(TGT_IN))
+        outs = [model(_i32(src), jnp.int32(n), _i32(TGT_IN), return_weights=True)
                 for src, n in ((SRC, L), (SRC_PADDED, L), (SRC_PADDED, len(SRC_PADDED)))]
     return [tuple(np.asarray(a) for a in out) for out in outs]
 
@@ -172,7 +172,7 @@ def test_later_targets_do_not_change_earlier_outputs():
     changed = TGT_IN.copy()
     changed[2] = 11
     with jax.disable_jit():
-        logits2, weights2 = (np.asarray(a) for a in model(_i32(SRC_PADDED), jnp.int32(L), _i32(changed)))
+        logits2, weights2 = (np.asarray(a) for a in model(_i32(SRC_PADDED), jnp.int32(L), _i32(changed), return_weights=True))
     np.testing.assert_array_equal(logits2[:2], logits[:2])
     np.testing.assert_array_equal(weights2[:2], weights[:2])
     assert np.abs(logits2[2:] - logits[2:]).max() > 1e-4

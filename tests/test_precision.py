@@ -3,12 +3,12 @@ convention): the bfloat16 training step multiplies in bfloat16 only, keeps param
 optimizer state in float32, and computes nearly the float32 loss and gradients.
 
 One exception to "every dot_general has bfloat16 operands" in the training step: the backward
-pass of ``jax.nn.dot_product_attention(implementation="xla")`` (the Transformer's "auto" on a
-CPU) multiplies the float32 cotangent of its float32 softmax with bfloat16 queries or keys, in a
-dot_general whose ``precision`` is the algorithm ``BF16_BF16_F32``: XLA rounds both operands to
-bfloat16 and accumulates in float32, so the product still runs in bfloat16 (JAX's code, not the
-zoo's). The step's float32 parts (softmax, log-softmax of the logits, loss, gradient norm, Adam)
-hold no matrix product.
+pass of ``jax.nn.dot_product_attention(implementation="xla")`` (the Transformer's and
+ConvS2S's "auto" on a CPU) multiplies the float32 cotangent of its float32 softmax with bfloat16
+queries or keys, in a dot_general whose ``precision`` is the algorithm ``BF16_BF16_F32``: XLA
+rounds both operands to bfloat16 and accumulates in float32, so the product still runs in
+bfloat16 (JAX's code, not the zoo's). The step's float32 parts (softmax, log-softmax of the
+logits, loss, gradient norm, Adam) hold no matrix product.
 """
 
 import json
@@ -72,7 +72,7 @@ def test_the_bfloat16_train_step_multiplies_in_bfloat16_and_keeps_float32_state(
     assert len(products) >= 4  # forward and backward matrix products were found
     for eqn in products:
         if eqn.params.get("precision") == BF16_ALGORITHM:  # the exception of the module docstring
-            assert name == "transformer", eqn
+            assert name in ("transformer", "convs2s"), eqn
             continue
         assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * len(eqn.invars), eqn
     new_state, _ = jax.eval_shape(step, *args)

@@ -177,6 +177,10 @@ class ConvS2SConfig(ModelConfig):
     kernel_size: int = 3
     dropout: float = 0.25
     max_length: int = 256  # longest sentence: the learned position embeddings
+    # the decoder's attention in training, one head of width embed_dim: auto | reference | xla | cudnn | blocked,
+    # as TransformerConfig's (auto: cuDNN needs embed_dim <= 128, so XLA at the default 256)
+    attention_impl: str = "auto"
+    attention_block_size: int = 128  # keys per block of the blocked path
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 

@@ -194,7 +194,7 @@ def _standard_promotion(f):
 def fused_attention(
     query: Float[Array, "*batch Tq N d_k"], key: Float[Array, "*batch Tk N d_k"], value: Float[Array, "*batch Tk N d_v"],
     key_length: Int[ArrayLike, "..."] | None = None, causal: bool = False, bias: Float[Array, "..."] | None = None,
-    implementation: str | None = None,
+    implementation: str | None = None, scale: float | None = None,
 ) -> Float[Array, "*batch Tq N d_v"]:
     """Scaled dot-product attention through ``jax.nn.dot_product_attention`` (no weights returned).
 
@@ -213,6 +213,7 @@ def fused_attention(
       causal: query i reads only keys j <= i.
       bias: float broadcastable to (..., N, Tq, Tk), added to the scaled logits (ALiBi); None: no bias.
       implementation: None or "xla" (XLA), or "cudnn".
+      scale: the logits' factor; None: 1/√d_k (ConvS2S passes 1.0: its dot products are unscaled).
 
     Returns:
       output (..., Tq, N, d_v), of the inputs' dtype.
@@ -236,7 +237,8 @@ def fused_attention(
         if lengths is not None:
             query_lengths, lengths = tie + query.shape[-3], tie + lengths
     kernel = _standard_promotion(lambda q, k, v, b, n, m: jax.nn.dot_product_attention(
-        q, k, v, b, is_causal=causal, query_seq_lengths=m, key_value_seq_lengths=n, implementation=implementation))
+        q, k, v, b, scale=scale, is_causal=causal, query_seq_lengths=m, key_value_seq_lengths=n,
+        implementation=implementation))
     output = kernel(query, key, value, bias, lengths, query_lengths)
     if lengths is not None:
         output = jnp.where((lengths > 0)[..., None, None, None], output, jnp.zeros_like(output))
@@ -246,7 +248,7 @@ def fused_attention(
 def blocked_attention(
     query: Float[Array, "*batch Tq N d_k"], key: Float[Array, "*batch Tk N d_k"], value: Float[Array, "*batch Tk N d_v"],
     key_length: Int[ArrayLike, "..."] | None = None, causal: bool = False, bias_fn: Callable | None = None,
-    block_size: int = 128,
+    block_size: int = 128, scale: float | None = None,
 ) -> Float[Array, "*batch Tq N d_v"]:
     """Memory-efficient scaled dot-product attention: the keys are read in blocks of B with an
     online softmax (Milakov & Gimelshein 2018; Rabe & Staats 2021; FlashAttention, Dao et al. 2022):
@@ -267,6 +269,7 @@ def blocked_attention(
         padding of the last block), giving the bias added to the scaled logits of those keys,
         float broadcastable to (..., N, Tq, B) (ALiBi: no (N, Tq, Tk) bias is ever built).
       block_size: B, keys per block (the keys are padded to a multiple of B).
+      scale: the logits' factor; None: 1/√d_k.
 
     Returns:
       output (..., Tq, N, d_v), of the values' dtype.
@@ -282,7 +285,7 @@ def blocked_attention(
         x = x.reshape(x.shape[:-3] + (num_blocks, block_size) + x.shape[-2:])
         return jnp.moveaxis(x, -4, 0)
 
-    scale = 1.0 / math.sqrt(query.shape[-1])
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     batch = query.shape[:-3]
     heads = query.shape[-2]
 

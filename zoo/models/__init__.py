@@ -7,6 +7,8 @@ Every seq2seq model works on one example and offers:
   ``__call__(src, src_length, tgt_in, key=None) -> (logits (T, V), weights (T, S) or (T, L, N, S))``
   (teacher forcing),
 and a class attribute ``has_attention`` (models without attention return all-zero weights). The
+Transformer's and ConvS2S's ``__call__`` compute the weights only with ``return_weights=True``
+(otherwise None: the training loss runs their fused attention). The
 recurrent models attend once per step (S,); the Transformer and ConvS2S return the attention of
 every decoder layer and head, (L, N, S) per step (ConvS2S: one head per layer).
 """

@@ -24,10 +24,20 @@ Decoder, with g_i = w_i + p_i the target embedding (T, E):
     hˡ_i = ((h̃ˡ_i + W_c c_i + b_c) · √0.5 + hˡ⁻¹_i) · √0.5   attention, then the residual
     p(y_{i+1} | y_≤i, x) = softmax(W_o dropout(W_out' hᴸ_i + b_out') + b_o)
 
-Each decoder layer has its own attention (W_d, W_c); the weights returned are those of every
-layer, shaped (L, 1, S) per step: one "head" per layer. Dropout (``config.dropout``) acts on the
-embeddings, on the input of every convolution and before the output layer; the residual
-connections take the block input before dropout (as fairseq's ``fconv``).
+Each decoder layer has its own attention (W_d, W_c): a single head of width E, unscaled (the
+logits are d_i · z_j, not divided by √E), values (z_j + e_j)·√0.5 apart from the keys z_j. The
+weights returned are those of every layer, shaped (L, 1, S) per step: one "head" per layer, by
+``decode_step`` and, when asked (``return_weights=True``), by the teacher-forced ``__call__``,
+both through the reference path (``masked_softmax``). The training loss never computes them: it
+runs ``config.attention_impl`` (:func:`zoo.nn.attention.attention_implementation`, as the
+Transformer's), XLA's or cuDNN's fused kernel (:func:`zoo.functional.attention.fused_attention`) or
+the blocked one (:func:`~zoo.functional.attention.blocked_attention`) with one head, scale 1
+and the source length as the key length (``key_value_seq_lengths``). cuDNN takes head widths up
+to 128 on any NVIDIA GPU (256 from Hopper on), so ``auto`` picks XLA at the default E = 256.
+
+Dropout (``config.dropout``) acts on the embeddings, on the input of every convolution and
+before the output layer; the residual connections take the block input before dropout (as
+fairseq's ``fconv``).
 
 Not reproduced from the paper: the scaling of the encoder's gradients by 1/(2L) (section 3.4),
 the context's scaling by S·√(1/S), weight normalisation (section 3.5).
@@ -49,11 +59,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo.config import ConvS2SConfig
-from zoo.functional.attention import masked_softmax
+from zoo.functional.attention import blocked_attention, fused_attention, masked_softmax
 from zoo.functional.convolution import conv1d, glu
 from zoo.functional.layers import dropout, scan_keys, split_keys
 from zoo.functional.masks import length_mask
 from zoo.nn import compute_dtype
+from zoo.nn.attention import attention_implementation
 
 SCALE = math.sqrt(0.5)
 
@@ -64,6 +75,7 @@ class Memory(NamedTuple):
     keys: jax.Array  # (S, E) z_j
     values: jax.Array  # (S, E) (z_j + e_j)·√0.5
     mask: jax.Array  # (S,) True on real tokens
+    length: jax.Array  # int32 scalar: the real source tokens (the fused attention's key length)
 
 
 class DecoderState(NamedTuple):
@@ -87,7 +99,8 @@ class ConvS2S(nnx.Module):
     Dropout takes an explicit PRNG ``key``; ``key=None`` means evaluation (no dropout).
 
     Raises:
-      ValueError: an even ``kernel_size`` (the encoder's "same" convolution needs an odd one).
+      ValueError: an even ``kernel_size`` (the encoder's "same" convolution needs an odd one), an
+        unknown ``dtype`` or ``attention_impl``.
     """
 
     has_attention = True
@@ -98,6 +111,7 @@ class ConvS2S(nnx.Module):
             raise ValueError(f"kernel_size must be odd, got {c.kernel_size}")
         self.config = c
         self.dtype = dtype = compute_dtype(c.dtype)
+        self.attention_impl = attention_implementation(c.attention_impl, dtype, c.embed_dim)  # "auto" resolved
         E, H, k, keep = c.embed_dim, c.hidden_dim, c.kernel_size, 1.0 - c.dropout
 
         def embed(n):
@@ -150,7 +164,7 @@ class ConvS2S(nnx.Module):
         conv = (self.encoder_conv_w[...].astype(self.dtype), self.encoder_conv_b[...].astype(self.dtype))
         h, _ = jax.lax.scan(layer, self.encoder_in(e), (*conv, keys))  # (S, H)
         z = self.encoder_out(h)  # (S, E)
-        return Memory(keys=z, values=(z + e) * SCALE, mask=mask)
+        return Memory(keys=z, values=(z + e) * SCALE, mask=mask, length=jnp.asarray(src_length, jnp.int32))
 
     def _decoder_params(self):
         """The decoder's stacked parameters in the compute dtype."""
@@ -158,14 +172,31 @@ class ConvS2S(nnx.Module):
                  "attention_out_b")
         return tuple(getattr(self, name)[...].astype(self.dtype) for name in names)
 
-    @staticmethod
-    def _attend(memory: Memory, h, g, w_d, b_d, w_c, b_c):
-        """Multi-step attention of one layer: h (T, H) GLU outputs, g (T, E) target embeddings ->
-        (h + W_c c + b_c)·√0.5 (T, H) and the weights a (T, S)."""
+    def _attend(self, memory: Memory, h, g, w_d, b_d, w_c, b_c, return_weights: bool = True):
+        """Multi-step attention of one layer (section 3.3), d_i = (W_d h_i + b_d + g_i)·√0.5,
+        a_ij = softmax_j(d_i · z_j) over the real source positions, c_i = Σ_j a_ij (z_j + e_j)·√0.5.
+
+        Args:
+          h: (T, H) the layer's GLU outputs. g: (T, E) the target embeddings. w_d (H, E), b_d (E,),
+            w_c (E, H), b_c (H,): the layer's attention parameters in the compute dtype.
+          return_weights: compute a by the reference path and return it; otherwise
+            ``self.attention_impl`` runs (one head, scale 1, key length ``memory.length``).
+
+        Returns:
+          ``((h + W_c c + b_c)·√0.5 (T, H), a (T, S) or None)``.
+        """
         d = (h @ w_d + b_d[None, :] + g) * SCALE  # (T, E)
-        a = masked_softmax(d @ memory.keys.T, memory.mask)  # (T, S)
-        c = a @ memory.values  # (T, E)
-        return (h + c @ w_c + b_c[None, :]) * SCALE, a
+        if return_weights or self.attention_impl == "reference":
+            a = masked_softmax(d @ memory.keys.T, memory.mask)  # (T, S)
+            c = a @ memory.values  # (T, E)
+        else:  # no (T, S) weights: one head (T, 1, E) over keys z (S, 1, E) and values (S, 1, E)
+            q, k, v = d[:, None, :], memory.keys[:, None, :], memory.values[:, None, :]
+            if self.attention_impl == "blocked":
+                c = blocked_attention(q, k, v, memory.length, block_size=self.config.attention_block_size, scale=1.0)
+            else:
+                c = fused_attention(q, k, v, memory.length, implementation=self.attention_impl, scale=1.0)
+            c, a = c[:, 0, :], None  # (T, E)
+        return (h + c @ w_c + b_c[None, :]) * SCALE, a if return_weights else None
 
     def _target_embedding(self, tokens, positions, key):
         return dropout(key, self.tgt_embed(tokens) + self.tgt_position(positions), self.config.dropout)  # (T, E)
@@ -201,12 +232,17 @@ class ConvS2S(nnx.Module):
             layer, self.decoder_in(g), (self._decoder_params(), state.buffer, scan_keys(k_conv, layers)))
         return DecoderState(buffer, state.step + 1), self._logits(h, k_out)[0], weights  # weights (L, 1, S)
 
-    def __call__(self, src, src_length, tgt_in, key=None):
+    def __call__(self, src, src_length, tgt_in, key=None, return_weights: bool = False):
         """Teacher forcing: the decoder reads the reference prefix tgt_in (T,) = [<bos>, y_1, ...],
         all T positions at once (causal convolutions, no scan over time).
 
+        Args:
+          src: int32 (S,). src_length: int scalar, the real source tokens. tgt_in: int32 (T,).
+          key: PRNG key for dropout, or None. return_weights: compute the attention weights
+            (the reference path); otherwise none are (the training loss: ``config.attention_impl``).
+
         Returns:
-          ``(logits (T, V), weights (T, L, 1, S))``.
+          ``(logits float32 (T, V), weights (T, L, 1, S) or None)``.
 
         Raises:
           ValueError: S or T > ``config.max_length``.
@@ -220,9 +256,11 @@ class ConvS2S(nnx.Module):
         def layer(h, xs):
             (w, b, *attention), k = xs
             x = glu(conv1d(dropout(k, h, p), w, b, "causal"))  # (T, H)
-            x, a = self._attend(memory, x, g, *attention)
+            x, a = self._attend(memory, x, g, *attention, return_weights=return_weights)
             return (x + h) * SCALE, a
 
         layers = self.config.num_decoder_layers
         h, weights = jax.lax.scan(layer, self.decoder_in(g), (self._decoder_params(), scan_keys(k_conv, layers)))
-        return self._logits(h, k_out), jnp.transpose(weights, (1, 0, 2))[:, :, None, :]
+        if not return_weights:
+            return self._logits(h, k_out), None
+        return self._logits(h, k_out), jnp.transpose(weights, (1, 0, 2))[:, :, None, :]  # (L, T, S) -> (T, L, 1, S)

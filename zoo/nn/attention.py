@@ -91,12 +91,20 @@ class Attention(nnx.Module):
         return context, weights
 
 
-def attention_implementation(name: str, dtype, d_head: int, relative: str | None = None) -> str:
-    """The scaled dot-product implementation a :class:`MultiHeadAttention` uses for ``name``.
+def on_nvidia_gpu() -> bool:
+    """Whether JAX's first device is an NVIDIA (CUDA) GPU."""
+    device = jax.devices()[0]
+    return device.platform == "gpu" and "cuda" in device.client.platform_version.lower()
 
-    "auto" picks cuDNN's flash attention for bfloat16 on an NVIDIA GPU when d_head fits it (a
-    multiple of 8, at most 128), XLA's kernel otherwise; with Shaw's relative positions, whose
-    value term reads the attention weights, it picks the reference path.
+
+def attention_implementation(name: str, dtype, d_head: int, relative: str | None = None) -> str:
+    """The scaled dot-product implementation a :class:`MultiHeadAttention`, or ConvS2S's
+    attention (:class:`zoo.models.convs2s.ConvS2S`, one head of width ``embed_dim``), uses for ``name``.
+
+    "auto" picks cuDNN's flash attention for bfloat16 on an NVIDIA GPU when d_head fits it on any
+    such GPU (a multiple of 8, at most 128: JAX's check allows 256 from Hopper on, 128 before),
+    XLA's kernel otherwise; with Shaw's relative positions, whose value term reads the attention
+    weights, it picks the reference path.
 
     Args:
       name: one of :data:`IMPLEMENTATIONS` or "auto". dtype: the compute dtype. d_head: the head
@@ -114,10 +122,8 @@ def attention_implementation(name: str, dtype, d_head: int, relative: str | None
         return "reference"
     if name != "auto":
         return name
-    device = jax.devices()[0]
-    nvidia = device.platform == "gpu" and "cuda" in device.client.platform_version.lower()
     fits_cudnn = dtype == jnp.bfloat16 and d_head % 8 == 0 and d_head <= 128
-    return "cudnn" if nvidia and fits_cudnn else "xla"
+    return "cudnn" if fits_cudnn and on_nvidia_gpu() else "xla"
 
 
 class MultiHeadAttention(nnx.Module):
