@@ -254,12 +254,14 @@ def test_train_study_quick_writes_every_field(tmp_path, monkeypatch):
     """``benchmark.py train --quick`` on the synthetic corpus (no Multi30k under --data-dir), with
     fewer timed steps than the preset's."""
     monkeypatch.setattr(throughput, "QUICK", replace(throughput.QUICK, loop_steps=2, small_loop_steps=2,
-                                                                log_every=1, min_seconds=0.0))
+                                                                small_steps_per_call=2, log_every=1, min_seconds=0.0))
     out = tmp_path / "out"
     assert cli.main(["train", "--quick", "--models", "transformer", "--data-dir", str(tmp_path / "none"), "--out", str(out)]) == 0
     results = json.loads((out / "train.json").read_text())
     assert results["corpus"]["source"] == "synthetic" and results["setting"]["peak_flops"] > 0
-    assert [r["model"] for r in results["rows"]] == ["transformer", "transformer"]  # the study's model, the small one
+    # the study's model, then the small one at 1 and 2 steps a call
+    assert [(r["model"], r["steps_per_call"]) for r in results["rows"]] == [("transformer", 1), ("transformer", 1),
+                                                                            ("transformer", 2)]
     for row in results["rows"]:
         for field in ("loop_tokens_per_s", "step_tokens_per_s", "host_overhead", "step_ms", "compile_s",
                       "peak_memory_bytes", "flops_per_token", "xla_flops_per_token", "flops_per_s", "mfu", "num_params"):

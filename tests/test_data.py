@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from zoo.data import tatoeba
-from zoo.data.batching import TOKEN_BUCKETS, BatchSpec, batch_order, bucket_length, collate, token_batches
+from zoo.data.batching import (
+    TOKEN_BUCKETS,
+    BatchSpec,
+    batch_order,
+    bucket_length,
+    chunk_lengths,
+    collate,
+    group_by_shape,
+    token_batches,
+)
 from zoo.data.corpora import load_split
 from zoo.data.loader import process_rows, real_token_share
 from zoo.data.text import read_lines, read_parallel
@@ -239,3 +248,16 @@ def test_french_tokenizer_on_tatoeba_text():
     assert fr.tokenize("Cours\u202f!") == ["cours", "!"]  # narrow no-break space before "!"
     assert fr.tokenize("Vous ne m'écoutez pas.") == ["vous", "ne", "m'", "écoutez", "pas", "."]
     assert fr.detokenize(["vous", "ne", "m'", "écoutez", "pas", "."]) == "vous ne m'écoutez pas."
+
+
+def test_group_by_shape_keeps_plan_order_in_runs_of_one_shape():
+    """Shapes a a b a a a b with runs of 2: a-runs start at batches 0 and 3, the a-remainder at
+    5 (after a's full runs), the b-run at 2; ordered by first position: [0 1] [2 6] [3 4] [5]."""
+    shapes = "aabaaab"
+    plan = [BatchSpec(np.array([i]), 8, *((16, 16) if c == "a" else (24, 24))) for i, c in enumerate(shapes)]
+    grouped = group_by_shape(plan, 2)
+    assert [int(spec.indices[0]) for spec in grouped] == [0, 1, 2, 6, 3, 4, 5]
+    assert chunk_lengths(grouped, 2) == [2, 2, 2, 1]
+    assert chunk_lengths(grouped[4:], 2) == [2, 1]  # from a run's first batch (a resumed run)
+    assert group_by_shape(plan, 1) is plan and chunk_lengths(plan, 1) == [1] * 7
+    assert chunk_lengths(grouped, 8) == [2, 2, 3]  # the greedy rule alone merges adjacent runs of one shape

@@ -269,3 +269,21 @@ def test_a_second_call_with_the_same_shapes_compiles_nothing(pipeline_and_batch,
 def test_pairs_over_max_length_are_left_out_and_counted():
     (src, tgt), skipped = training.within_max_length([[1] * 3, [1] * 9, [1] * 2], [[2] * 4, [2] * 2, [2] * 10], max_length=5)
     assert (src, tgt, skipped) == ([[1] * 3], [[2] * 4], 2)
+
+
+def test_steps_per_call_equals_single_steps_and_resumes_bit_for_bit(tmp_path, data_dir):
+    """With every batch of one shape (sentence batches padded to 64), ``steps_per_call=4`` keeps
+    the plan's order, so its 12 steps (calls of 4, 2 | 4, 2: the 2s fill half the slots) must give
+    the single-step run's losses exactly; stopped at step 10 (mid-epoch, after a call) and
+    resumed, the run must be the same again."""
+    def config(steps_per_call, **train):
+        return dataclasses.replace(tiny_config(epochs=2, steps_per_call=steps_per_call, **train),
+                                   data=DataConfig(min_freq=1, length_multiple=64))
+
+    train(config(1), tmp_path / "single", data_dir, progress=False)
+    assert train(config(4, max_steps=11), tmp_path / "calls", data_dir, progress=False)["step"] == 10  # 10 + 2 > 11
+    result = train(config(4), tmp_path / "calls", data_dir, progress=False)
+    assert result["step"] == 12
+    (single, single_val), (calls, calls_val) = losses(tmp_path / "single"), losses(tmp_path / "calls")
+    assert [s for s, _ in calls] == list(range(1, 13))
+    assert calls == single and calls_val == single_val

@@ -212,6 +212,7 @@ class TrainConfig:
     seed: int = 0  # parameters, data order and dropout
     checkpoint_every: int = 100  # steps between resumable checkpoints
     log_every: int = 50  # steps between reads of the metrics from the device (and log lines)
+    steps_per_call: int = 1  # training steps a call of the compiled program (a lax.scan over batches of one shape)
     max_steps: int | None = None  # stop early (tests, smoke runs)
     teacher_forcing: float = 1.0  # probability that a decoder step reads the reference token
     label_smoothing: float = 0.0  # ε of Szegedy et al. (2016), as in Vaswani et al. (2017) section 5.4
@@ -219,7 +220,7 @@ class TrainConfig:
     fsdp: bool = False  # shard parameters and optimizer state over the devices too (zoo.training.state_shardings)
 
     def __post_init__(self):
-        _at_least(self, 1, "epochs", "batch_size", "checkpoint_every", "log_every")
+        _at_least(self, 1, "epochs", "batch_size", "checkpoint_every", "log_every", "steps_per_call")
         _at_least(self, 0, "seed", "warmup_steps")
         for name in ("batch_tokens", "max_steps"):
             if getattr(self, name) is not None:
@@ -251,6 +252,26 @@ class Config:
             data=DataConfig(**raw["data"]),
             train=TrainConfig(**raw["train"]),
         )
+
+
+# What ``python train.py --model NAME`` trains without ``--config``: the settings of the README
+# row that NAME's results come from, over the dataclasses' defaults (the papers' sizes, Adam 1e-3).
+RECIPES = {
+    "luong": {"model": {"dropout": 0.3}, "train": {"epochs": 12, "batch_tokens": 2048}},
+    "transformer": {"model": {"dropout": 0.3},
+                    "train": {"epochs": 20, "batch_tokens": 2048, "warmup_steps": 400, "label_smoothing": 0.1}},
+}
+
+
+def recipe(model_name: str) -> Config:
+    """The :class:`Config` of ``model_name``'s results recipe (:data:`RECIPES`; the defaults where it has none).
+
+    Raises:
+      KeyError: an unknown model name.
+    """
+    settings = RECIPES.get(model_name, {})
+    return Config(model_name, MODEL_CONFIGS[model_name](**settings.get("model", {})), DataConfig(),
+                  TrainConfig(**settings.get("train", {})))
 
 
 def replace_fields(obj, overrides: dict):

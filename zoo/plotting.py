@@ -165,7 +165,8 @@ def throughput_plot(results: dict, path: Path) -> None:
     """Bar chart of the training-throughput study: target tokens/s of the loop, the back-to-back
     step and (where measured) the PyTorch peer, per model, on a log axis."""
     rows = results["rows"]
-    names = [r["model"] + ("*" if r["overrides"] else "") for r in rows]
+    calls = [r.get("steps_per_call", 1) for r in rows]
+    names = [r["model"] + ("*" if r["overrides"] else "") + (f" k={k}" if k > 1 else "") for r, k in zip(rows, calls)]
     series = [("loop", "loop_tokens_per_s"), ("step", "step_tokens_per_s"), ("torch", "peer_tokens_per_s")]
     width, x = 0.27, np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows)), 4), layout="constrained")
@@ -177,7 +178,7 @@ def throughput_plot(results: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("target tokens / s")
     s = results["setting"]
-    ax.set_title(f"training throughput, {s['device_kind']}, {s['dtype']} (* smaller than default)")
+    ax.set_title(f"training throughput, {s['device_kind']}, {s['dtype']} (* smaller than default; k: steps a call)")
     ax.legend()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from zoo.checkpoint import CheckpointStore, WorkdirLock, read_config, write_or_check_config
 from zoo.compilation import CompileCounter
 from zoo.config import Config, TrainConfig
-from zoo.data.batching import BatchSpec, batch_order, collate, token_batches
+from zoo.data.batching import BatchSpec, batch_order, chunk_lengths, collate, group_by_shape, token_batches
 from zoo.data.corpora import load_split
 from zoo.data.loader import device_batches, real_token_share
 from zoo.data.pipeline import TextPipeline
@@ -126,7 +126,8 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation):
     return graphdef, {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing: float = 0.0, state_sharding=None):
+def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing: float = 0.0, state_sharding=None,
+                    steps_per_call: int = 1):
     """The compiled ``train_step(state, batch, key) -> (state, metrics)``; ``state`` is donated.
 
     ``state_sharding``: a pytree of shardings (:func:`zoo.distributed.state_shardings`) that the new state keeps,
@@ -137,6 +138,12 @@ def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing:
     The loss is the mean token-level cross-entropy over the batch's real target tokens (against
     targets smoothed by ``label_smoothing``).
     Metrics: ``loss``, ``tokens`` (real target tokens), ``grad_norm`` (before clipping).
+
+    ``steps_per_call`` = k > 1 (as Keras' ``steps_per_execution``): one call runs up to k steps,
+    a ``lax.scan`` over a batch stacked on a leading slot axis, (k, B, ...), with a boolean
+    ``active`` (k,) whose False slots leave the state as it is (``lax.cond``); metrics are (k,)
+    (zero in inactive slots). One dispatch and one loader hand-off per k steps: for models whose
+    step is short against the host's work per step.
     """
 
     def train_step(state, batch, key):
@@ -149,10 +156,20 @@ def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing:
         new_state = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state, "step": state["step"] + 1}
         return new_state, {"loss": loss, "tokens": n, "grad_norm": optax.tree.norm(grads)}
 
+    def train_steps(state, batches, key):
+        def slot(state, batch):
+            active = batch.pop("active")
+            zeros = lambda a: jnp.zeros(a.shape, a.dtype)
+            skip = lambda s: (s, jax.tree.map(zeros, jax.eval_shape(train_step, s, batch, key)[1]))
+            return jax.lax.cond(active, lambda s: train_step(s, batch, key), skip, state)
+
+        return jax.lax.scan(slot, state, batches)
+
+    step = train_step if steps_per_call == 1 else train_steps
     if state_sharding is None:
-        return jax.jit(train_step, donate_argnums=0)
+        return jax.jit(step, donate_argnums=0)
     replicated = NamedSharding(jax.tree.leaves(state_sharding)[0].mesh, P())
-    return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, replicated))
+    return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, replicated))
 
 
 def make_eval_nll(graphdef, teacher_forcing: float = 1.0):
@@ -231,10 +248,12 @@ class MetricsLog:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
-    def add(self, step: int, epoch: int, metrics: dict, flops: float) -> None:
-        """Keep a step's metrics (device arrays, not read) and its FLOPs."""
-        self.pending.append((step, epoch, metrics))
-        self.interval_flops += flops
+    def add(self, step: int, epoch: int, metrics: dict, flops: float, steps: int = 1) -> None:
+        """Keep the metrics (device arrays, not read) of the ``steps`` steps up to ``step`` and
+        their FLOPs (``flops`` a step): scalars for one step, or a multi-step call's (k,) arrays
+        of which the first ``steps`` are real (:func:`make_train_step`)."""
+        self.pending.append((step, epoch, metrics, steps))
+        self.interval_flops += flops * steps
 
     def restart_clock(self) -> None:
         """Start the next interval's clock now (after a save or a validation, which are not steps)."""
@@ -248,17 +267,19 @@ class MetricsLog:
         """
         if not self.pending:
             return
-        values = read_metrics([m for _, _, m in self.pending])
+        values = read_metrics([m for _, _, m, _ in self.pending])
         seconds = time.perf_counter() - self.clock
+        per_step = [(last - n + 1 + i, epoch, {name: np.atleast_1d(v)[i] for name, v in m.items()})
+                    for (last, epoch, _, n), m in zip(self.pending, values) for i in range(n)]
         tokens = 0.0
-        for (step, epoch, _), m in zip(self.pending, values):
+        for step, epoch, m in per_step:
             for name in ("loss", "grad_norm"):
                 if not math.isfinite(m[name]):
                     raise ZooError(f"step {step}: {name} is {float(m[name])}; stopping without saving (lower "
                                    f"--learning-rate or --clip-norm; the last checkpoint is kept)")
             tokens += float(m["tokens"])
             self.write(step=step, epoch=epoch, loss=float(m["loss"]), grad_norm=float(m["grad_norm"]), tokens=int(m["tokens"]))
-        steps, last = len(self.pending), values[-1]
+        steps, last = len(per_step), per_step[-1][2]
         interval = {"step": self.pending[-1][0], "steps": steps, "tokens_per_s": tokens / seconds,
                     "step_time_s": seconds / steps, "flops_per_s": self.interval_flops / seconds,
                     "mfu": self.interval_flops / seconds / self.peak}
@@ -321,14 +342,17 @@ class Run:
     skipped: int = 0  # training pairs over DataConfig.max_length, left out
 
     def plan(self, epoch: int) -> list[BatchSpec]:
-        """The epoch's batches: token-budget batches if ``batch_tokens`` is set, else sentence batches."""
+        """The epoch's batches: token-budget batches if ``batch_tokens`` is set, else sentence
+        batches; grouped into runs of one shape for ``steps_per_call`` > 1."""
         t = self.config.train
         src_lengths = [len(s) for s in self.train_ids[0]]
         tgt_lengths = [len(s) for s in self.train_ids[1]]
         if t.batch_tokens is not None:
-            return token_batches(src_lengths, tgt_lengths, t.batch_tokens, t.seed, epoch,
+            plan = token_batches(src_lengths, tgt_lengths, t.batch_tokens, t.seed, epoch,
                                  row_multiple=math.lcm(8, jax.device_count()))
-        return batch_order(src_lengths, tgt_lengths, t.batch_size, t.seed, epoch, self.config.data.length_multiple)
+        else:
+            plan = batch_order(src_lengths, tgt_lengths, t.batch_size, t.seed, epoch, self.config.data.length_multiple)
+        return group_by_shape(plan, t.steps_per_call)
 
 
 def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
@@ -394,6 +418,8 @@ class Trainer:
         self.tx = make_optimizer(t)
         self.graphdef, state = init_state(run.model, self.tx)
         self.batch_sharding, replicated = data_parallel()
+        # training batches; with steps_per_call > 1 a slot axis comes before the batch axis
+        self.train_sharding = self.batch_sharding if t.steps_per_call == 1 else NamedSharding(replicated.mesh, P(None, "data"))
         state_sharding = state_shardings(state, replicated.mesh, t.fsdp)
         self.store = CheckpointStore(run.workdir)
         self.pos, key_data = Position(), jax.random.key_data(jax.random.key(t.seed))
@@ -405,7 +431,8 @@ class Trainer:
         self.state = jax.device_put(state, state_sharding)
         # key arrays cannot be placed on other processes' devices: their data can
         self.key = jax.random.wrap_key_data(jax.device_put(key_data, replicated))
-        self.train_step = make_train_step(self.graphdef, self.tx, t.teacher_forcing, t.label_smoothing, state_sharding)
+        self.train_step = make_train_step(self.graphdef, self.tx, t.teacher_forcing, t.label_smoothing, state_sharding,
+                                          t.steps_per_call)
         self.eval_nll = make_eval_nll(self.graphdef)
         first_plan = run.plan(0)  # every epoch has as many batches; only their order changes
         self.steps_per_epoch = len(first_plan)
@@ -440,30 +467,35 @@ class Trainer:
             self.bar.write(line)
 
     def step_flops(self, batch: dict) -> float:
-        """Matrix-product FLOPs of one training step on a batch of this shape (:func:`zoo.flops.jaxpr_flops`)."""
+        """Matrix-product FLOPs of one training step on a batch of this shape (:func:`zoo.flops.jaxpr_flops`;
+        a call of ``steps_per_call`` slots counts each slot's step once)."""
         shape = batch["src"].shape + batch["tgt_in"].shape
         if shape not in self.flops_by_shape:
-            self.flops_by_shape[shape] = jaxpr_flops(self.train_step.trace(self.state, batch, self.key).jaxpr)
+            calls = self.run.config.train.steps_per_call
+            self.flops_by_shape[shape] = jaxpr_flops(self.train_step.trace(self.state, batch, self.key).jaxpr) / calls
         return self.flops_by_shape[shape]
 
     def run_epoch(self, stop: StopSignal) -> bool:
         """Train from the current position to the end of the epoch; False if stopped before it
-        (``max_steps`` or a signal)."""
+        (``max_steps`` or a signal). A call of the compiled step takes the next
+        :func:`~zoo.data.batching.chunk_lengths` batches (one without ``steps_per_call``)."""
         t, p = self.run.config.train, self.pos
         plan = self.run.plan(p.epoch)
-        batches = device_batches(self.run.train_ids, plan, p.batch, self.batch_sharding)
+        calls = chunk_lengths(plan[p.batch :], t.steps_per_call)
+        batches = device_batches(self.run.train_ids, plan, p.batch, self.train_sharding, t.steps_per_call)
+        crossed = lambda every, n: p.step // every > (p.step - n) // every
         try:
-            while p.batch < len(plan):
-                if p.step >= self.total_steps or stop.signal:
+            for n in calls:
+                if p.step + n > self.total_steps or stop.signal:
                     return False
                 batch = next(batches)
                 flops = self.step_flops(batch)
                 self.state, metrics = self.train_step(self.state, batch, self.key)
-                p.step, p.batch = p.step + 1, p.batch + 1
-                self.log.add(p.step, p.epoch, metrics, flops)
-                if p.step % t.checkpoint_every == 0 and p.batch < len(plan):  # else saved after validation
+                p.step, p.batch = p.step + n, p.batch + n
+                self.log.add(p.step, p.epoch, metrics, flops, n)
+                if crossed(t.checkpoint_every, n) and p.batch < len(plan):  # else saved after validation
                     self.save()
-                elif p.step % t.log_every == 0:
+                elif crossed(t.log_every, n):
                     self.log.flush()
         finally:
             batches.close()

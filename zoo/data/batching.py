@@ -119,6 +119,44 @@ def token_batches(src_lengths, tgt_lengths, batch_tokens: int, seed: int, epoch:
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def _shape(spec: BatchSpec) -> tuple[int, int, int]:
+    return spec.rows, spec.src_len, spec.tgt_len
+
+
+def group_by_shape(plan: list[BatchSpec], steps_per_call: int) -> list[BatchSpec]:
+    """The plan reordered into runs of up to ``steps_per_call`` batches of one shape (for a
+    compiled program that takes that many batches a call): each shape's batches, in plan order,
+    are cut into runs of ``steps_per_call`` (the last may be shorter), and the runs are ordered by
+    where their first batch stood in the plan, so the plan's shuffle survives. With
+    ``steps_per_call=1`` the plan is returned as is.
+    """
+    if steps_per_call == 1:
+        return plan
+    runs, open_runs = [], {}
+    for spec in plan:
+        run = open_runs.get(_shape(spec))
+        if run is None or len(run) == steps_per_call:
+            run = open_runs[_shape(spec)] = []
+            runs.append(run)
+        run.append(spec)
+    return [spec for run in runs for spec in run]
+
+
+def chunk_lengths(plan: list[BatchSpec], steps_per_call: int) -> list[int]:
+    """How many batches each call takes, from the start of ``plan``: a call takes the next batches
+    while they have the first one's shape, at most ``steps_per_call`` of them. On a plan made by
+    :func:`group_by_shape` these are its runs, also from any run's first batch (where a resumed
+    run starts)."""
+    lengths, i = [], 0
+    while i < len(plan):
+        n = 1
+        while n < steps_per_call and i + n < len(plan) and _shape(plan[i + n]) == _shape(plan[i]):
+            n += 1
+        lengths.append(n)
+        i += n
+    return lengths
+
+
 def collate(src_ids: list[list[int]], tgt_ids: list[list[int]], indices, batch_size: int, length_multiple: int = 8,
             lengths: tuple[int, int] | None = None) -> dict:
     """Pad the examples ``indices`` into a batch of ``batch_size`` rows (see the module docstring).

@@ -19,8 +19,11 @@ from functools import partial
 
 import grain
 import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from zoo.data.batching import BatchSpec, collate
+from zoo.data.batching import BatchSpec, chunk_lengths, collate
 
 PREFETCH = 4  # batches collated and placed on the devices ahead of the step
 
@@ -43,24 +46,46 @@ def _collate(ids, spec: BatchSpec) -> dict:
 
 
 def _place(sharding, batch: dict) -> dict:
+    shardings = {name: NamedSharding(sharding.mesh, P()) if name == "active" else sharding for name in batch}
     if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)  # one call for the whole batch: half the host time of five
-    return jax.tree.map(partial(jax.make_array_from_process_local_data, sharding), batch)
+        return jax.device_put(batch, shardings)  # one call for the whole batch: half the host time of five
+    return {name: jax.make_array_from_process_local_data(shardings[name], array) for name, array in batch.items()}
 
 
-def device_batches(ids: tuple[list, list], plan: list[BatchSpec], start: int, sharding) -> Iterator[dict]:
+def _collate_call(ids, steps_per_call: int, specs: list[BatchSpec]) -> dict:
+    """The batches of one call stacked on a leading axis of ``steps_per_call`` slots, with
+    ``active`` (bool, per slot): slots past ``len(specs)`` hold empty batches and are skipped."""
+    batches = [_collate(ids, spec) for spec in specs]
+    empty = {name: np.zeros_like(array) for name, array in batches[0].items()}
+    stacked = {name: np.stack([b[name] for b in batches] + [empty[name]] * (steps_per_call - len(batches)))
+               for name in empty}
+    return {**stacked, "active": np.arange(steps_per_call) < len(batches)}
+
+
+def device_batches(ids: tuple[list, list], plan: list[BatchSpec], start: int, sharding,
+                   steps_per_call: int = 1) -> Iterator[dict]:
     """Batches ``plan[start:]`` as global ``jax.Array`` s with ``sharding``, prefetched (see the module docstring).
 
     Args:
       ids: (source ids, target ids), one list of token ids per sentence.
       plan: the epoch's batches. start: the first batch to read.
       sharding: where a batch goes, e.g. ``NamedSharding(mesh, P("data"))``.
+      steps_per_call: > 1: one element per call of a multi-step program, the batches of
+        :func:`zoo.data.batching.chunk_lengths` stacked on a leading slot axis (sharding:
+        ``P(None, "data")``) with a boolean ``active`` slot mask (see :func:`_collate_call`).
 
     Returns:
       an iterator over dicts of arrays (:func:`zoo.data.batching.collate`'s keys); call its
       ``close()`` when stopping early, which stops the prefetch threads.
     """
-    ds = grain.MapDataset.source(plan[start:]).map(partial(_collate, ids)).map(partial(_place, sharding))
+    plan = plan[start:]
+    if steps_per_call == 1:
+        ds = grain.MapDataset.source(plan).map(partial(_collate, ids))
+    else:
+        bounds = np.cumsum([0] + chunk_lengths(plan, steps_per_call))
+        calls = [plan[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        ds = grain.MapDataset.source(calls).map(partial(_collate_call, ids, steps_per_call))
+    ds = ds.map(partial(_place, sharding))
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH)))
 
 
