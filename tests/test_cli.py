@@ -240,3 +240,17 @@ def test_old_flags_keep_working_and_a_config_file_sets_every_field(tmp_path):
     (tmp_path / "c.yaml").write_text("model_name: luong\nmodel: {hidden_dim: 32}\ndata: {min_freq: 3}\ntrain: {epochs: 2}\n")
     config, _ = train.parse_args(["--config", str(tmp_path / "c.yaml"), "--workdir", "w", "--train.epochs", "5"])
     assert (config.model_name, config.model.hidden_dim, config.data.min_freq, config.train.epochs) == ("luong", 32, 3, 5)
+
+
+def test_model_flag_defaults_to_its_results_recipe_and_flags_override_it():
+    from zoo.config import MODEL_CONFIGS, RECIPES, TrainConfig
+
+    config, _ = train.parse_args(["--model", "transformer", "--workdir", "w"])
+    recipe = RECIPES["transformer"]
+    assert config.model == MODEL_CONFIGS["transformer"](**recipe["model"])
+    assert config.train == TrainConfig(**recipe["train"])
+    assert (config.model.dropout, config.train.warmup_steps, config.train.label_smoothing) == (0.3, 400, 0.1)
+    config, _ = train.parse_args(["--model", "transformer", "--workdir", "w", "--model.dropout", "0.1", "--train.epochs", "2"])
+    assert (config.model.dropout, config.train.epochs, config.train.warmup_steps) == (0.1, 2, 400)
+    config, _ = train.parse_args(["--model", "sutskever", "--workdir", "w"])  # no recipe: the dataclass defaults
+    assert config.model == MODEL_CONFIGS["sutskever"]() and config.train == TrainConfig()

@@ -4,8 +4,9 @@ Running it again on the same workdir resumes from the latest checkpoint. Every f
 model's config, of ``DataConfig`` and of ``TrainConfig`` (zoo/config.py) is a flag, derived by
 tyro from the dataclasses with their defaults and comments: ``--model.hidden-dim 256``,
 ``--data.min-freq 1``, ``--train.batch-tokens 4096``; ``--help`` lists them for the chosen
-``--model``. ``--config FILE`` (JSON, e.g. a workdir's config.json, or YAML) sets every field at
-once; flags override it. Older spellings (``--epochs 3``, ``--set hidden_dim=256``,
+``--model``, whose defaults are the recipe of its README results row (``zoo.config.RECIPES``).
+``--config FILE`` (JSON, e.g. a workdir's config.json, or YAML) sets every field at once; flags
+override it. Older spellings (``--epochs 3``, ``--set hidden_dim=256``,
 ``--no-lowercase``) are rewritten to the new ones.
 """
 
@@ -23,7 +24,7 @@ from typing import Annotated
 import tyro
 import yaml
 
-from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig
+from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig, recipe
 from zoo.errors import ZooError
 
 
@@ -129,8 +130,10 @@ def parse_args(argv=None) -> tuple[Config, RunOptions]:
     name = name or (base.model_name if base else "bahdanau")
     if name not in MODEL_CONFIGS:
         raise ZooError(f"--model {name!r}: choose from {', '.join(sorted(MODEL_CONFIGS))}")
-    if base is None or base.model_name != name:
-        base = Config(name, MODEL_CONFIGS[name](), base.data if base else DataConfig(), base.train if base else TrainConfig())
+    if base is None:
+        base = recipe(name)
+    elif base.model_name != name:
+        base = Config(name, recipe(name).model, base.data, base.train)
     sections = {"model": MODEL_CONFIGS[name], "data": DataConfig, "train": TrainConfig}
     args_class = dataclasses.make_dataclass(
         "TrainArgs", [("run", Annotated[RunOptions, tyro.conf.OmitArgPrefixes])]
