@@ -9,15 +9,14 @@ import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
+from attention_paths import assert_paths_equal_reference, mean_loss, padded_batch, stub_cudnn
 from compile_options import FAST_COMPILE
-from flax import nnx
 
 from zoo import models
 from zoo.config import TrainConfig
 from zoo.nn import attention as nn_attention
-from zoo.training import batch_nll, init_state, make_optimizer, make_train_step
+from zoo.training import init_state, make_optimizer, make_train_step
 
 SRC_V, TGT_V = 11, 13
 TINY = dict(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, embed_dim=8, hidden_dim=16, num_encoder_layers=2,
@@ -25,45 +24,22 @@ TINY = dict(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, embed_dim=8, hidden_dim=
 B, T, S = 3, 5, 7
 
 
-def _i32(a):
-    return jnp.asarray(a, jnp.int32)
-
-
-def _padded_batch(src_len=S, tgt_len=T):
-    """Three sentences with different source lengths (one of 1 token) and target lengths."""
-    rng = np.random.default_rng(0)
-    return {"src": _i32(rng.integers(3, SRC_V, (B, src_len))), "src_length": _i32([src_len, 4, 1]),
-            "tgt_in": _i32(rng.integers(3, TGT_V, (B, tgt_len))), "tgt_out": _i32(rng.integers(3, TGT_V, (B, tgt_len))),
-            "tgt_length": _i32([tgt_len, 3, 2])}
-
-
-def _loss(model, batch, key=None):
-    graphdef, params = nnx.split(model)
-    return (lambda p: (lambda nll, n: nll / n)(*batch_nll(graphdef, p, batch, key))), params
-
 
 def test_xla_and_blocked_training_paths_equal_the_reference():
     """Loss and gradients, float32, padded sources; blocks of 4 keys: two blocks for the 7 source
     positions, the last one padded."""
-    batch, results = _padded_batch(), {}
-    for impl in ("reference", "xla", "blocked"):
+    def build(impl):
         model = models.build("convs2s", **TINY, attention_impl=impl, attention_block_size=4)
         assert model.attention_impl == impl
-        loss, params = _loss(model, batch)
-        results[impl] = jax.jit(jax.value_and_grad(loss)).lower(params).compile(FAST_COMPILE)(params)
-    loss_ref, grads_ref = results["reference"]
-    assert np.abs(np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads_ref)])).max() > 1e-3
-    for impl in ("xla", "blocked"):
-        loss, grads = results[impl]
-        np.testing.assert_allclose(loss, loss_ref, rtol=0, atol=1e-5)
-        for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_ref)):
-            np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-5, err_msg=f"{impl} {jax.tree_util.keystr(path)}")
+        return model
+
+    assert_paths_equal_reference(build, padded_batch(SRC_V, TGT_V, S, T))
 
 
 def test_weights_only_when_asked():
     """The training call returns no weights; ``return_weights`` returns every layer's, (T, L, 1, S),
     whatever ``attention_impl`` (they come from the reference path)."""
-    batch = _padded_batch()
+    batch = padded_batch(SRC_V, TGT_V, S, T)
     model = models.build("convs2s", **TINY, attention_impl="blocked", attention_block_size=4)
     args = (batch["src"][1], batch["src_length"][1], batch["tgt_in"][1])
     logits, weights = jax.eval_shape(model, *args)
@@ -84,7 +60,7 @@ def test_the_training_step_holds_no_attention_maps(standard_dtype_promotion):
     """The blocked training step has no float (B, T, S) or (B, 1, T, S) tensor, neither in the
     program JAX traces (StableHLO) nor in the one XLA compiles; the reference path's traced step
     (the check's control) has them. (XLA's own attention materialises its logits on a CPU.)"""
-    batch, tx = _padded_batch(), make_optimizer(TrainConfig())
+    batch, tx = padded_batch(SRC_V, TGT_V, S, T), make_optimizer(TrainConfig())
     for impl in ("blocked", "reference"):
         model = models.build("convs2s", **TINY, attention_impl=impl, attention_block_size=4)
         graphdef, state = init_state(model, tx)
@@ -96,20 +72,6 @@ def test_the_training_step_holds_no_attention_maps(standard_dtype_promotion):
             assert not _attention_maps(lowered.compile(FAST_COMPILE).as_text())
 
 
-def _stub_cudnn(monkeypatch, hopper: bool) -> list:
-    """JAX's cuDNN attention with only the GPU queries answered (cuDNN 9.10; a Hopper or an
-    Ampere GPU); returns the list the dtypes of every checked call are appended to."""
-    from jax._src.cudnn import fused_attention_stablehlo as cudnn
-
-    monkeypatch.setattr(cudnn, "check_cudnn_version", lambda: 91000)
-    monkeypatch.setattr(cudnn, "check_compute_capability", lambda capability: hopper)
-    monkeypatch.setattr(cudnn, "is_cuda_compute_capability_equal", lambda capability: False)
-    checked = []
-    check_layout = cudnn.check_layout
-    monkeypatch.setattr(cudnn, "check_layout", lambda *args: checked.append(args[0].dtype) or check_layout(*args))
-    return checked
-
-
 @pytest.mark.parametrize("embed_dim, hopper, accepted", [(16, False, True), (256, True, True), (256, False, False)])
 def test_jax_cudnn_checks_on_what_the_bfloat16_convs2s_passes(monkeypatch, embed_dim, hopper, accepted):
     """The bfloat16 training loss traced for real, forward and backward under jax.vmap, with
@@ -117,9 +79,9 @@ def test_jax_cudnn_checks_on_what_the_bfloat16_convs2s_passes(monkeypatch, embed
     and batching rules accept the (T, 1, E) queries, (S, 1, E) keys and values (z + e)·√0.5,
     scale 1 and the source lengths of every decoder layer. At the default E = 256 they accept it
     on a Hopper GPU and refuse it before (head width at most 128)."""
-    checked = _stub_cudnn(monkeypatch, hopper)
+    checked = stub_cudnn(monkeypatch, hopper)
     model = models.build("convs2s", **{**TINY, "embed_dim": embed_dim}, attention_impl="cudnn", dtype="bfloat16")
-    loss, params = _loss(model, _padded_batch(src_len=8, tgt_len=6), jax.random.key(0))
+    loss, params = mean_loss(model, padded_batch(SRC_V, TGT_V, 8, 6), jax.random.key(0))
     if not accepted:
         with pytest.raises(NotImplementedError, match="head dim must be <= 128"):
             jax.eval_shape(jax.value_and_grad(loss), params)

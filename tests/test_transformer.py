@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_paths import assert_paths_equal_reference, mean_loss, padded_batch, stub_cudnn
 from compile_options import FAST_COMPILE
 from flax import nnx
 
@@ -22,7 +23,7 @@ from zoo.config import TrainConfig
 from zoo.data.vocab import BOS_ID
 from zoo.decoding import beam_search, greedy
 from zoo.models.transformer import POSITIONAL
-from zoo.training import batch_nll, example_nll, init_state, learning_rate_schedule, make_optimizer, make_train_step
+from zoo.training import example_nll, init_state, learning_rate_schedule, make_optimizer, make_train_step
 
 SRC_V, TGT_V, LAYERS, HEADS = 11, 13, 2, 2
 TINY = dict(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, d_model=8, num_heads=HEADS, d_ff=16, num_encoder_layers=LAYERS,
@@ -149,33 +150,12 @@ def test_label_smoothing_cross_entropy_by_hand(standard_dtype_promotion):
     assert float(n) == 1.0
 
 
-def _padded_batch(src_len=7, tgt_len=5):
-    rng = np.random.default_rng(0)
-    return {"src": _i32(rng.integers(3, SRC_V, (3, src_len))), "src_length": _i32([src_len, 4, 1]),
-            "tgt_in": _i32(rng.integers(3, TGT_V, (3, tgt_len))), "tgt_out": _i32(rng.integers(3, TGT_V, (3, tgt_len))),
-            "tgt_length": _i32([tgt_len, 3, 2])}
-
-
-def _loss(model, batch, key=None):
-    graphdef, params = nnx.split(model)
-    return (lambda p: (lambda nll, n: nll / n)(*batch_nll(graphdef, p, batch, key))), params
-
-
 @pytest.mark.parametrize("positional", [p for p in POSITIONAL if p != "shaw"])
 def test_xla_and_blocked_training_paths_equal_the_reference(positional):
     """Loss and gradients, float32, padded sources (one of length 1), causal decoder; blocks of 4
     keys: two blocks for the 7 source positions, the last one padded."""
-    batch, results = _padded_batch(), {}
-    for impl in ("reference", "xla", "blocked"):
-        loss, params = _loss(models.build("transformer", **TINY, positional=positional, attention_impl=impl,
-                                          attention_block_size=4), batch)
-        results[impl] = jax.jit(jax.value_and_grad(loss)).lower(params).compile(FAST_COMPILE)(params)
-    loss_ref, grads_ref = results["reference"]
-    for impl in ("xla", "blocked"):
-        loss, grads = results[impl]
-        np.testing.assert_allclose(loss, loss_ref, rtol=0, atol=1e-5)
-        for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_ref)):
-            np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-5, err_msg=f"{impl} {jax.tree_util.keystr(path)}")
+    assert_paths_equal_reference(lambda impl: models.build("transformer", **TINY, positional=positional, attention_impl=impl,
+                                                           attention_block_size=4), padded_batch(SRC_V, TGT_V))
 
 
 def test_shaw_stays_on_the_reference_path():
@@ -200,7 +180,7 @@ def test_the_training_step_holds_no_attention_maps(standard_dtype_promotion):
     """The compiled step with blocked attention has no (B, N, T, S), (B, N, S, S) or (B, N, T, T)
     float tensor; the reference path (the check's control) has them. (XLA's own attention
     materialises its logits on a CPU: the "xla" path is no example there.)"""
-    batch, sizes, tx = _padded_batch(), (3, HEADS, 5, 7), make_optimizer(TrainConfig())
+    batch, sizes, tx = padded_batch(SRC_V, TGT_V), (3, HEADS, 5, 7), make_optimizer(TrainConfig())
     for impl, expect_maps in (("blocked", False), ("reference", True)):
         model = models.build("transformer", **TINY, attention_impl=impl, attention_block_size=4)
         graphdef, state = init_state(model, tx)
@@ -215,19 +195,12 @@ def test_jax_cudnn_checks_accept_what_the_bfloat16_transformer_passes(monkeypatc
     its argument checks (check_layout, check_is_flash_attention) and batching rules accept the
     arrays of every attention of the training step and of a decoding step, ALiBi's bias included.
     Lengths are even, as batches padded to ``length_multiple`` are (cuDNN wants it with a bias)."""
-    from jax._src.cudnn import fused_attention_stablehlo as cudnn
-
-    monkeypatch.setattr(cudnn, "check_cudnn_version", lambda: 91000)
-    monkeypatch.setattr(cudnn, "check_compute_capability", lambda capability: True)
-    monkeypatch.setattr(cudnn, "is_cuda_compute_capability_equal", lambda capability: False)
-    checked = []
-    check_layout = cudnn.check_layout
-    monkeypatch.setattr(cudnn, "check_layout", lambda *args: checked.append(args[0].dtype) or check_layout(*args))
-    batch = _padded_batch(src_len=8, tgt_len=6)
+    checked = stub_cudnn(monkeypatch, hopper=True)
+    batch = padded_batch(SRC_V, TGT_V, 8, 6)
     for positional in ("sinusoidal", "alibi"):
         model = models.build("transformer", **{**TINY, "d_model": 16}, positional=positional, attention_impl="cudnn",
                              dtype="bfloat16")
-        loss, params = _loss(model, batch, jax.random.key(0))
+        loss, params = mean_loss(model, batch, jax.random.key(0))
         assert jax.eval_shape(jax.value_and_grad(loss), params)[0].dtype == jnp.float32
         memory = jax.eval_shape(lambda: jax.vmap(model.encode)(batch["src"], batch["src_length"]))
         step = jax.vmap(lambda m, s: model.decode_step(m, s, jnp.int32(4)))
