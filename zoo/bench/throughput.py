@@ -182,24 +182,29 @@ def measure_step(config: Config, batches: list[dict], vocab: tuple[int, int], pe
 
 
 def measure_model(model: str, overrides: dict, batch_tokens: int, loop_steps: int, sizes: ThroughputSizes, data_dir: Path,
-                  work: Path, peak: float, dtype: str, peer, steps_per_call: int = 1) -> dict:
+                  work: Path, peak: float, dtype: str, peer, steps_per_call: int = 1, baseline: dict | None = None) -> dict:
     """Loop (with ``steps_per_call`` steps a call of the compiled program), step (one step a
-    call, the baseline), overhead (and the peer's figures) of one model."""
+    call, the baseline), overhead (and the peer's figures) of one model. ``baseline``: the row of
+    the same model, size and batches at one step a call, whose step and peer figures are reused."""
     whole_calls = lambda n: -(-n // steps_per_call) * steps_per_call
     log_every = whole_calls(max(sizes.log_every, loop_steps // 3))
     config = _config(model, overrides, batch_tokens, log_every + whole_calls(loop_steps), log_every, dtype, steps_per_call)
     workdir = work / f"{model}-{batch_tokens}-{steps_per_call}"
     loop = measure_loop(config, data_dir, workdir)
-    batches, *vocab = step_batches(config, workdir, data_dir, sizes.step_repeats)
-    step = measure_step(config, batches, tuple(vocab), peak, sizes.min_seconds)
-    row = {"model": model, "overrides": overrides, "batch_tokens": batch_tokens, "steps_per_call": steps_per_call,
-           "loop_tokens_per_s": loop["tokens_per_s"],
-           "host_overhead": 1.0 - loop["tokens_per_s"] / step["tokens_per_s"], **{f"step_{k}" if k in (
-               "tokens_per_s",) else k: v for k, v in step.items()}}
-    if peer is not None and model in peer.models:
-        torch_rate = peer.tokens_per_s(model, batches, vocab)
-        row.update(peer_tokens_per_s=torch_rate, loop_vs_peer=loop["tokens_per_s"] / torch_rate,
-                   step_vs_peer=step["tokens_per_s"] / torch_rate)
+    if baseline is not None:
+        row = {**baseline, "steps_per_call": steps_per_call, "loop_tokens_per_s": loop["tokens_per_s"]}
+    else:
+        batches, *vocab = step_batches(config, workdir, data_dir, sizes.step_repeats)
+        step = measure_step(config, batches, tuple(vocab), peak, sizes.min_seconds)
+        row = {"model": model, "overrides": overrides, "batch_tokens": batch_tokens, "steps_per_call": steps_per_call,
+               "loop_tokens_per_s": loop["tokens_per_s"],
+               **{f"step_{k}" if k in ("tokens_per_s",) else k: v for k, v in step.items()}}
+        if peer is not None and model in peer.models:
+            row["peer_tokens_per_s"] = peer.tokens_per_s(model, batches, vocab)
+    row["host_overhead"] = 1.0 - row["loop_tokens_per_s"] / row["step_tokens_per_s"]
+    if "peer_tokens_per_s" in row:
+        row.update(loop_vs_peer=row["loop_tokens_per_s"] / row["peer_tokens_per_s"],
+                   step_vs_peer=row["step_tokens_per_s"] / row["peer_tokens_per_s"])
     return row
 
 
@@ -241,8 +246,9 @@ def run_throughput(sizes: ThroughputSizes, out: Path, device, dtype: str = "floa
                  for k in (1, sizes.small_steps_per_call)]
         for model, overrides, batch_tokens, loop_steps, k in runs:
             log(f"[train] {model} {overrides or '(default size)'} at {batch_tokens} tokens a batch, {k} steps a call")
+            baseline = results["rows"][-1] if k > 1 else None  # the small model at one step a call
             results["rows"].append(measure_model(model, overrides, batch_tokens, loop_steps, sizes, work / "data", work, peak,
-                                                 dtype, peer, k))
+                                                 dtype, peer, k, baseline))
     if peer is not None:
         results["setting"].update(peer.setting())
     results["targets"] = throughput_targets(results)
@@ -296,12 +302,12 @@ def throughput_table(results: dict) -> str:
     s = results["setting"]
     lines = [f"training throughput on {s['device_kind']} ({s['dtype']}), peak {s['peak_flops'] / 1e9:.1f} GFLOP/s, "
              f"corpus {results['corpus']['source']}",
-             f"{'model':<12} {'params':>8} {'batch':>9} {'loop tok/s':>10} {'step tok/s':>10} {'host':>6} {'step ms':>8} "
+             f"{'model':<17} {'params':>8} {'batch':>9} {'loop tok/s':>10} {'step tok/s':>10} {'host':>6} {'step ms':>8} "
              f"{'MFLOP/tok':>9} {'XLA':>7} {'MFU':>6} {'compile s':>9} {'mem MB':>7} {'torch tok/s':>11} {'loop/torch':>10}"]
     for r in results["rows"]:
         peer = r.get("peer_tokens_per_s")
         name = r["model"] + ("*" if r["overrides"] else "") + (f" k={r['steps_per_call']}" if r["steps_per_call"] > 1 else "")
-        lines.append(f"{name:<12} {r['num_params'] / 1e6:>7.2f}M "
+        lines.append(f"{name:<17} {r['num_params'] / 1e6:>7.2f}M "
                      f"{'x'.join(map(str, r['batch_shape'])):>9} {r['loop_tokens_per_s']:>10.0f} {r['step_tokens_per_s']:>10.0f} "
                      f"{r['host_overhead']:>6.1%} {r['step_ms']:>8.1f} {r['flops_per_token'] / 1e6:>9.1f} "
                      f"{r['xla_flops_per_token'] / 1e6:>7.1f} {r['mfu']:>6.1%} {r['compile_s']:>9.1f} "
