@@ -2,6 +2,7 @@
 
 import json
 import shlex
+from pathlib import Path
 
 import jax
 import pytest
@@ -9,7 +10,7 @@ import yaml
 from corpus import write_tiny_multi30k
 
 from zoo.cli import evaluate, train
-from zoo.results import format_params, format_wall, training_facts
+from zoo.results import format_params, format_wall, regenerate, training_facts
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
@@ -181,3 +182,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, damage, mess
 def test_all_and_workdir_exclude_each_other(capsys, argv, message):
     assert evaluate.main(argv) == 2
     assert message in one_error_line(capsys)
+
+
+def test_the_readme_tables_are_the_ones_results_generates(tmp_path):
+    """No number in the repository's README tables is typed by hand: regenerating them from results/ changes nothing."""
+    root = Path(__file__).resolve().parent.parent
+    readme = tmp_path / "README.md"
+    readme.write_bytes((root / "README.md").read_bytes())
+    regenerate(root / "results", readme, evaluate=False, log=lambda line: None)
+    assert readme.read_bytes() == (root / "README.md").read_bytes()
