@@ -231,6 +231,25 @@ def monitoring_reads(monkeypatch):
     return reads
 
 
+def test_the_host_stays_at_most_two_calls_ahead_of_the_device():
+    """After dispatching call i the loop waits for call i − 2: the device keeps one call queued
+    behind the running one, and a stop signal waits for two calls, not for a whole log interval."""
+    waited = []
+
+    class Output:  # a dispatched call's output, ready when waited for
+        def __init__(self, i):
+            self.i = i
+
+        def block_until_ready(self):
+            waited.append(self.i)
+            return self
+
+    window = training.DispatchWindow()
+    for i in range(6):
+        window.add({"loss": Output(i)})
+        assert waited == list(range(i - 1))
+
+
 def test_step_flops_count_matrix_products_and_scan_iterations():
     def f(x, w):
         def body(h, _):
