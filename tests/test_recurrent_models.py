@@ -45,6 +45,8 @@ CONFIGS = {
     "luong-local-p": ("luong", {"attention": "local-p", "window": 1, **ONE}),
     "luong-no-input-feeding": ("luong", {"input_feeding": False, **ONE}),
     "luong-hard": ("luong", {"hard_attention": True, **ONE}),
+    "luong-brnn": ("luong", {"bidirectional_encoder": True, **ONE}),
+    "luong-zeros": ("luong", {"decoder_init": "zeros", **ONE}),
 }
 NAMES = list(CONFIGS)
 
@@ -216,3 +218,35 @@ def test_sutskever_reverse_source_reverses_the_real_tokens():
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
     assert max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c))) > 1e-4
+
+
+def test_luong_bidirectional_encoder_concatenates_the_two_directions():
+    """h̄_s = [→h_s; ←h_s] with H/2 cells a direction; the decoder starts from [→h_L; ←h_1]."""
+    model = _model("luong-brnn")
+    with jax.disable_jit():
+        memory = model.encode(_i32(SRC_PADDED), jnp.int32(L))
+    states, ((h, c),) = np.asarray(memory.states), memory.carries
+    half = H // 2
+    assert states.shape == (len(SRC_PADDED), H) and h.shape == c.shape == (H,)
+    np.testing.assert_array_equal(h, np.concatenate([states[L - 1, :half], states[0, half:]]))
+    np.testing.assert_array_equal(states[L:], 0.0)
+    assert np.abs(states[:L, :half] - states[:L, half:]).max() > 1e-3  # two directions, two sets of weights
+    with pytest.raises(ValueError, match="odd 15"):
+        models.build("luong", hidden_dim=15, bidirectional_encoder=True)
+
+
+@pytest.mark.parametrize(("name", "same"), [("luong-zeros", True), ("luong-no-input-feeding", False)])
+def test_luong_decoder_init_zeros_hears_the_source_only_through_attention(name, same):
+    """With zero initial carries the decoder's first carries are the same for every source."""
+    model = _model(name)
+
+    def first_carries(src):
+        memory = model.encode(_i32(src), jnp.int32(L))
+        (carries, _, _), _, _ = model.decode_step(memory, model.initial_decoder_state(memory), jnp.int32(BOS_ID))
+        return jax.tree.leaves(carries)
+
+    with jax.disable_jit():
+        gap = max(float(jnp.abs(a - b).max()) for a, b in zip(first_carries(SRC), first_carries(SRC[::-1] + 1)))
+    assert gap == 0.0 if same else gap > 1e-4
+    with pytest.raises(ValueError, match="unknown decoder_init 'last'"):
+        models.build("luong", decoder_init="last")

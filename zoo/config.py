@@ -127,6 +127,10 @@ class LuongConfig(ModelConfig):
     input_feeding: bool = True  # section 3.3
     hard_attention: bool = False
     reverse_source: bool = False
+    # OpenNMT-py's `brnn` encoder, not the paper's: every layer reads both ways with H/2 cells a
+    # direction, [→h_s; ←h_s] is h̄_s and the decoder starts from [→carry_S; ←carry_1] per layer
+    bidirectional_encoder: bool = False
+    decoder_init: str = "encoder"  # encoder: the encoder's final carries (the paper); zeros: zero carries
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
@@ -257,7 +261,7 @@ class Config:
 # What ``python train.py --model NAME`` trains without ``--config``: the settings of the README
 # row that NAME's results come from, over the dataclasses' defaults (the papers' sizes, Adam 1e-3).
 RECIPES = {
-    "luong": {"model": {"dropout": 0.3}, "train": {"epochs": 12, "batch_tokens": 2048}},
+    "luong": {"model": {"dropout": 0.3, "bidirectional_encoder": True}, "train": {"epochs": 12, "batch_tokens": 2048}},
     "transformer": {"model": {"dropout": 0.3},
                     "train": {"epochs": 20, "batch_tokens": 2048, "warmup_steps": 400, "label_smoothing": 0.1}},
 }

@@ -15,7 +15,13 @@ the last source position); local-p predicts p_t = S · sigmoid(v_pᵀ tanh(W_p h
 S the source length, and multiplies the weights by exp(−(s − p_t)²/(2σ²)), σ = D/2 (eq. 10).
 The window's 2D + 1 positions are gathered and only they are scored (:class:`zoo.nn.Attention`):
 t·(2D + 1) scores over t target steps, however long the source.
-Decoder states: encoder final states of every layer (as Sutskever et al. 2014), h̃_0 = 0.
+Decoder states: encoder final states of every layer (as Sutskever et al. 2014), h̃_0 = 0;
+``decoder_init="zeros"`` starts the decoder from zero carries instead, so that the source reaches
+it only through the attention's context vectors.
+
+``bidirectional_encoder`` (OpenNMT-py's ``brnn``, not the paper) reads the source both ways with
+H/2 cells a direction in every layer: h̄_s = [→h_s; ←h_s] and the decoder's layer l starts from
+the concatenated carries [→(h, c)_S; ←(h, c)_1], so the widths and the decoder are unchanged.
 
 Shapes: S source, T target, E embedding, H hidden, V vocabulary. Dropout acts on the
 embeddings, between LSTM layers and on h̃_t before W_s.
@@ -33,6 +39,7 @@ from zoo.functional.masks import length_mask, reverse_padded
 from zoo.nn import Attention, StackedRNN, compute_dtype
 
 ATTENTIONS = ("global", "local-m", "local-p")
+DECODER_INITS = ("encoder", "zeros")
 
 
 class Memory(NamedTuple):
@@ -49,7 +56,8 @@ class Luong(nnx.Module):
     """Luong attention encoder-decoder on one example (``jax.vmap`` it over a batch).
 
     Raises:
-      ValueError: unknown ``config.attention`` or score, hard attention with local-p.
+      ValueError: unknown ``config.attention``, ``decoder_init`` or score, hard attention with local-p, an odd
+        ``hidden_dim`` with ``bidirectional_encoder``.
     """
 
     has_attention = True
@@ -58,11 +66,16 @@ class Luong(nnx.Module):
         c = config
         if c.attention not in ATTENTIONS:
             raise ValueError(f"unknown attention {c.attention!r}; choose from {', '.join(ATTENTIONS)}")
+        if c.decoder_init not in DECODER_INITS:
+            raise ValueError(f"unknown decoder_init {c.decoder_init!r}; choose from {', '.join(DECODER_INITS)}")
         self.config = c
         self.dtype = dtype = compute_dtype(c.dtype)
         self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
         self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
-        self.encoder = StackedRNN("lstm", c.embed_dim, c.hidden_dim, c.num_layers, dropout=c.dropout, dtype=dtype,
+        if c.bidirectional_encoder and c.hidden_dim % 2:
+            raise ValueError(f"bidirectional_encoder splits hidden_dim in two directions; got an odd {c.hidden_dim}")
+        self.encoder = StackedRNN("lstm", c.embed_dim, c.hidden_dim // 2 if c.bidirectional_encoder else c.hidden_dim,
+                                  c.num_layers, bidirectional=c.bidirectional_encoder, dropout=c.dropout, dtype=dtype,
                                   rngs=rngs)
         decoder_input = c.embed_dim + (c.hidden_dim if c.input_feeding else 0)
         self.decoder = StackedRNN("lstm", decoder_input, c.hidden_dim, c.num_layers, dropout=c.dropout, dtype=dtype,
@@ -83,13 +96,18 @@ class Luong(nnx.Module):
             src = reverse_padded(src, src_length)
         x = dropout(k_emb, self.src_embed(src), self.config.dropout)
         states, carries = self.encoder(x, src_length, k_rnn)
+        if self.config.bidirectional_encoder:  # per layer (→carry_S, ←carry_1) -> one carry of width H
+            carries = [jax.tree.map(lambda f, b: jnp.concatenate([f, b], axis=-1), *pair) for pair in carries]
         return Memory(states=states, keys_proj=self.attention.project_keys(states),
                       mask=length_mask(src_length, src.shape[0]), length=jnp.asarray(src_length, jnp.int32),
                       carries=carries)
 
     def initial_decoder_state(self, memory: Memory):
         """``(carries, h̃_0 = 0, t = 0)``."""
-        return memory.carries, jnp.zeros((self.config.hidden_dim,), self.dtype), jnp.zeros((), jnp.int32)
+        carries = memory.carries
+        if self.config.decoder_init == "zeros":
+            carries = jax.tree.map(jnp.zeros_like, carries)
+        return carries, jnp.zeros((self.config.hidden_dim,), self.dtype), jnp.zeros((), jnp.int32)
 
     def _center(self, memory: Memory, h, t):
         """p_t for local attention (None for global)."""
