@@ -12,7 +12,8 @@ the compiled step from the step counter, batches are collated and placed on the 
 by the loader (:mod:`zoo.data.loader`), and the metrics stay on the device until they are read,
 all at once, every ``log_every`` steps (and before a checkpoint, at the end of an epoch and on
 stopping). The host stays at most two compiled calls ahead of the device
-(:class:`DispatchWindow`), so SIGTERM and SIGINT stop the loop within two steps of the signal, with
+(:class:`DispatchWindow`), so SIGTERM and SIGINT stop the loop within two calls of the signal (two
+steps, 2k with ``steps_per_call`` k), with
 a resumable checkpoint at the last step; a non-finite loss or gradient norm stops it before anything is saved.
 """
 
@@ -544,7 +545,7 @@ class Trainer:
 def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict:
     """Train ``config`` on its dataset, checkpointing into ``workdir`` and resuming from it.
 
-    SIGTERM or SIGINT during training: the steps already queued (at most two) finish, a resumable checkpoint is saved
+    SIGTERM or SIGINT during training: the calls already queued (at most two) finish, a resumable checkpoint is saved
     at it (waiting for the save to commit), and ``train`` returns with ``stopped_by`` set.
 
     Returns:
