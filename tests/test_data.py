@@ -41,7 +41,8 @@ def test_missing_file_is_named(tmp_path):
         read_lines(tmp_path / "nope.de")
 
 
-@pytest.mark.parametrize("name, content", [("e.txt", b""), ("e.txt.gz", gzip.compress(b"")), ("blank.txt", b"\n\n")])
+@pytest.mark.parametrize("name, content", [("e.txt", b""), ("e.txt.gz", gzip.compress(b"", mtime=0)), ("blank.txt", b"\n\n")],
+                         ids=["empty", "empty-gzip", "blank-lines"])
 def test_empty_file_is_named(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ZooError, match=re.escape(name) + ": file is empty"):
