@@ -261,6 +261,8 @@ class Config:
 # What ``python train.py --model NAME`` trains without ``--config``: the settings of the README
 # row that NAME's results come from, over the dataclasses' defaults (the papers' sizes, Adam 1e-3).
 RECIPES = {
+    "convs2s": {"model": {"num_encoder_layers": 6, "num_decoder_layers": 6},
+                "train": {"epochs": 12, "batch_tokens": 2048, "warmup_steps": 400, "label_smoothing": 0.1, "clip_norm": 0.1}},
     "luong": {"model": {"dropout": 0.3, "bidirectional_encoder": True}, "train": {"epochs": 12, "batch_tokens": 2048}},
     "transformer": {"model": {"dropout": 0.3},
                     "train": {"epochs": 20, "batch_tokens": 2048, "warmup_steps": 400, "label_smoothing": 0.1}},
