@@ -100,6 +100,26 @@ def test_a_group_of_seeds_gets_a_mean_and_spread_row(tmp_path):
     ]
 
 
+def test_the_comparison_table_shows_seeds_and_the_last_epochs_validation(tmp_path):
+    validations = lambda *ppl: [{"epoch": i + 1, "step": 10 * (i + 1), "val_ppl": p} for i, p in enumerate(ppl)]
+    entries = [entry(f"s{seed}", table="comparison", group="general") for seed in (0, 1)]
+    results = {"s0": result(seed=0, validations=validations(9.0, 8.0, 7.5)),   # last epoch: 7.5 / 8.0 - 1 = -6.25 %
+               "s1": result(seed=1, bleu_lc_tok=35.0, validations=validations(9.0, 8.0, 8.2))}  # +2.5 %
+    folder, readme = write_case(tmp_path, entries, results,
+                                BEFORE + "<!-- results:comparison -->\n<!-- /results:comparison -->" + AFTER)
+    assert run_all(folder, readme, "--tables-only") == 0
+    assert table_lines(readme) == [
+        "| model | seed | params | epochs | test2016 BLEU lc-tok | BLEU cased detok | PPL teacher-forced "
+        "| val PPL last epoch | its change over that epoch | training wall time | median tok/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| `s0` | 0 | 14.6 M | 10 | 36.02 | 31.00 | 5.14 | 7.50 | −6.2 % | 43 min (2,586 s) | 2,009 |",
+        "| `s1` | 1 | 14.6 M | 10 | 35.00 | 31.00 | 5.14 | 8.20 | +2.5 % | 43 min (2,586 s) | 2,009 |",
+        # s.d. of (36.0249, 35.0) = 1.0249 / sqrt(2) = 0.7247; of (7.5, 8.2) = 0.4950
+        "| general: mean ± s.d. of 2 runs | – | 14.6 M | 10 | 35.51 ± 0.72 | 31.00 | 5.14 | 7.85 ± 0.49 | – "
+        "| 43 min (2,586 s) | 2,009 |",
+    ]
+
+
 def test_training_facts_add_up_the_segments(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_name": "bahdanau", "model": {}, "data": {},
                                                       "train": {"epochs": 3, "seed": 7}}))

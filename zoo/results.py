@@ -46,7 +46,8 @@ OPTIONAL = {"split", "beam_size", "step", "wall_s", "group", "note", "reference"
 HEADERS = {  # column key -> header
     "label": "model", "params": "params", "epochs": "epochs", "bleu_lc_tok": "{split} BLEU lc-tok",
     "bleu": "BLEU cased detok", "ppl_free_running": "PPL free-running", "ppl_teacher_forced": "PPL teacher-forced",
-    "val_ppl_epoch2": "val PPL ep. 2", "wall": "training wall time", "tokens_per_s": "median tok/s",
+    "val_ppl_epoch2": "val PPL ep. 2", "val_ppl_last": "val PPL last epoch", "val_ppl_trend": "its change over that epoch",
+    "seed": "seed", "wall": "training wall time", "tokens_per_s": "median tok/s",
     "target_tokens_per_s": "median target tok/s", "hardware": "hardware",
 }
 TABLES = {  # README table -> (columns, split named in the BLEU header)
@@ -58,10 +59,13 @@ TABLES = {  # README table -> (columns, split named in the BLEU header)
                         "val_ppl_epoch2", "wall", "target_tokens_per_s"), "test2016"),
     "tatoeba": (("label", "params", "epochs", "bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "wall",
                  "tokens_per_s", "hardware"), "test"),
+    "comparison": (("label", "seed", "params", "epochs", "bleu_lc_tok", "bleu", "ppl_teacher_forced", "val_ppl_last",
+                    "val_ppl_trend", "wall", "tokens_per_s"), "test2016"),
 }
-RIGHT = {"params", "epochs", "bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "val_ppl_epoch2", "wall",
-         "tokens_per_s", "target_tokens_per_s"}  # right-aligned (numbers)
-SPREAD = {"bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "val_ppl_epoch2"}  # mean ± s.d. in group rows
+RIGHT = {"params", "epochs", "bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "val_ppl_epoch2",
+         "val_ppl_last", "val_ppl_trend", "seed", "wall", "tokens_per_s", "target_tokens_per_s"}  # right-aligned (numbers)
+SPREAD = {"bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "val_ppl_epoch2",
+          "val_ppl_last"}  # mean ± s.d. in group rows
 RUN_ONLY = {"wall", "tokens_per_s", "target_tokens_per_s", "hardware"}  # shown on a run's own row (greedy, best step)
 EMPTY = "–"
 
@@ -260,8 +264,11 @@ def format_wall(seconds: float) -> str:
 
 def metrics(result: dict) -> dict:
     """The numbers of one JSON ``result`` that a group row averages (:data:`SPREAD`); None where absent."""
-    val2 = [v["val_ppl"] for v in result.get("validations", []) if v["epoch"] == 2]
-    return {**{k: result[k] for k in SPREAD - {"val_ppl_epoch2"}}, "val_ppl_epoch2": val2[0] if val2 else None}
+    validations = result.get("validations", [])
+    val2 = [v["val_ppl"] for v in validations if v["epoch"] == 2]
+    return {**{k: result[k] for k in SPREAD - {"val_ppl_epoch2", "val_ppl_last"}},
+            "val_ppl_epoch2": val2[0] if val2 else None,
+            "val_ppl_last": validations[-1]["val_ppl"] if validations else None}
 
 
 def cells(entry: dict, result: dict) -> dict:
@@ -274,6 +281,8 @@ def cells(entry: dict, result: dict) -> dict:
     else:
         epochs = result.get("epochs")
     tokens = result.get("median_tokens_per_s")
+    validations = result.get("validations", [])
+    trend = validations[-1]["val_ppl"] / validations[-2]["val_ppl"] - 1 if len(validations) > 1 else None
     values = {
         **{k: f"{v:.2f}" for k, v in metrics(result).items() if v is not None},
         "params": format_params(result["num_params"]) if result.get("num_params") else None,
@@ -282,6 +291,8 @@ def cells(entry: dict, result: dict) -> dict:
         "tokens_per_s": f"{round(tokens):,}" if own_run and tokens is not None else None,
         "target_tokens_per_s": f"{round(tokens):,}" if own_run and tokens is not None else None,
         "hardware": entry.get("hardware") if own_run else None,
+        "seed": str(result["seed"]) if result.get("seed") is not None else None,
+        "val_ppl_trend": None if trend is None else f"{100 * trend:+.1f} %".replace("-", "−"),
     }
     return {"label": entry["label"], **{k: v for k, v in values.items() if v is not None}}
 
