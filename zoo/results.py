@@ -50,6 +50,8 @@ HEADERS = {  # column key -> header
     "seed": "seed", "wall": "training wall time", "tokens_per_s": "median tok/s",
     "target_tokens_per_s": "median target tok/s", "hardware": "hardware",
 }
+_EQUAL_TRAINING = ("label", "seed", "params", "epochs", "bleu_lc_tok", "bleu", "ppl_teacher_forced", "val_ppl_last",
+                   "val_ppl_trend", "wall", "tokens_per_s")  # the columns of a comparison at equal training
 TABLES = {  # README table -> (columns, split named in the BLEU header)
     "bahdanau": (("label", "params", "bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "wall",
                   "hardware"), "test2016"),
@@ -59,8 +61,8 @@ TABLES = {  # README table -> (columns, split named in the BLEU header)
                         "val_ppl_epoch2", "wall", "target_tokens_per_s"), "test2016"),
     "tatoeba": (("label", "params", "epochs", "bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "wall",
                  "tokens_per_s", "hardware"), "test"),
-    "comparison": (("label", "seed", "params", "epochs", "bleu_lc_tok", "bleu", "ppl_teacher_forced", "val_ppl_last",
-                    "val_ppl_trend", "wall", "tokens_per_s"), "test2016"),
+    "comparison": (_EQUAL_TRAINING, "test2016"),  # scores, windows and hard attention on one small luong
+    "positional": (_EQUAL_TRAINING, "test2016"),  # positional encodings on one small transformer
 }
 RIGHT = {"params", "epochs", "bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "val_ppl_epoch2",
          "val_ppl_last", "val_ppl_trend", "seed", "wall", "tokens_per_s", "target_tokens_per_s"}  # right-aligned (numbers)
