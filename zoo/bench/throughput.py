@@ -8,7 +8,8 @@ sentences (or, without the corpus, a synthetic one with Multi30k's length distri
             steps), checkpointing only at the end; the first logged interval (compilation) is
             left out;
   step      target tokens/s of the compiled training step run back to back on batches already
-            on the device, and its compile time and XLA peak memory;
+            on the device, timed half before and half after the loop (so that a drift of the
+            machine's speed does not read as overhead), and its compile time and XLA peak memory;
   overhead  the host's share of the loop, 1 − loop / step;
   FLOPs     per target token: the jaxpr's matrix products (:func:`zoo.flops.jaxpr_flops`, scan
             bodies × their length) and XLA's ``cost_analysis()`` (which counts a scan body once);
@@ -27,6 +28,7 @@ import gzip
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +45,7 @@ from zoo.data.tokenize import Tokenizer
 from zoo.distributed import data_parallel, state_shardings
 from zoo.flops import jaxpr_flops, peak_flops
 from zoo.models import build, list_models
-from zoo.training import init_state, make_optimizer, make_train_step, train
+from zoo.training import init_state, make_optimizer, make_train_step, prepare, train
 
 BUCKET = 16  # sentences of 15-16 tokens (with <eos>) on the longer side: Multi30k's median bucket
 HOST_OVERHEAD_SMALL_MAX, HOST_OVERHEAD_TRANSFORMER_MAX, PEER_MIN_RATIO = 0.05, 0.02, 1.5
@@ -131,25 +133,28 @@ def measure_loop(config: Config, data_dir: Path, workdir: Path) -> dict:
     return {"tokens_per_s": tokens / seconds, "steps": sum(r["steps"] for r in intervals), "seconds": seconds}
 
 
-def step_batches(config: Config, workdir: Path, data_dir: Path, count: int) -> tuple[list[dict], int, int]:
-    """The first ``count`` batches of epoch 0 of the loop's plan (NumPy), and the vocabulary sizes."""
-    pipeline = TextPipeline.load(config.data, workdir)
-    src, tgt = load_split("multi30k", "train", "de", "en", data_dir)
-    ids = pipeline.encode_source(src), pipeline.encode_target(tgt)
-    plan = token_batches([len(s) for s in ids[0]], [len(t) for t in ids[1]], config.train.batch_tokens, 0, 0,
-                         row_multiple=8)
-    plan = [spec for spec in plan if len(spec.indices) == spec.rows][:count]
-    batches = [collate(*ids, spec.indices, spec.rows, lengths=(spec.src_len, spec.tgt_len)) for spec in plan]
-    return batches, len(pipeline.src_vocab), len(pipeline.tgt_vocab)
+def step_batches(config: Config, workdir: Path, data_dir: Path, count: int) -> tuple[list[dict], Config]:
+    """The first ``count`` full batches of epoch 0 of the plan of the loop in ``workdir`` (NumPy),
+    and the config with its vocabulary sizes (:func:`zoo.training.prepare`, which writes nothing)."""
+    run, _ = prepare(config, workdir, data_dir)
+    plan = [spec for spec in run.plan(0) if len(spec.indices) == spec.rows][:count]
+    batches = [collate(*run.train_ids, spec.indices, spec.rows, lengths=(spec.src_len, spec.tgt_len)) for spec in plan]
+    return batches, run.config
 
 
-def measure_step(config: Config, batches: list[dict], vocab: tuple[int, int], peak: float, min_seconds: float) -> dict:
-    """The compiled step back to back on device batches (passes over ``batches`` for at least
-    ``min_seconds``): tokens/s, compile time, memory, FLOPs, MFU. The step is the loop's own:
-    the same shardings of state, batch and key (:class:`zoo.training.Trainer`)."""
-    model_config = dataclasses.replace(config.model, src_vocab_size=vocab[0], tgt_vocab_size=vocab[1])
+def measure_step(config: Config, batches: list[dict], peak: float, min_seconds: float,
+                 between: Callable[[], dict]) -> tuple[dict, dict]:
+    """The compiled step back to back on device batches: tokens/s, compile time, memory, FLOPs,
+    MFU; and ``between()``'s result.
+
+    The step is timed in two windows, each whole passes over ``batches`` for at least
+    ``min_seconds``, with ``between()`` (the loop) run from the first to the second: a machine
+    that slows or speeds up during the study moves both measures alike, so their ratio (the host
+    overhead) is not the drift. The step's state stays in memory meanwhile. The step is the
+    loop's own: the same shardings of state, batch and key (:class:`zoo.training.Trainer`).
+    ``config`` has the vocabulary sizes (:func:`step_batches`)."""
     tx = make_optimizer(config.train)
-    graphdef, state = init_state(build(config.model_name, model_config), tx)
+    graphdef, state = init_state(build(config.model_name, config.model), tx)
     batch_sharding, replicated = data_parallel()
     state_sharding = state_shardings(state, replicated.mesh, config.train.fsdp)
     state = jax.device_put(state, state_sharding)
@@ -162,15 +167,21 @@ def measure_step(config: Config, batches: list[dict], vocab: tuple[int, int], pe
     flops = jaxpr_flops(step.trace(state, device_batches[0], key).jaxpr)
     state, metrics = compiled(state, device_batches[0], key)  # warm-up
     jax.block_until_ready(metrics)
-    tokens, steps, tic = [], 0, time.perf_counter()
-    while steps < len(batches) or time.perf_counter() - tic < min_seconds:  # whole passes over the batches
-        for batch in device_batches:
-            state, metrics = compiled(state, batch, key)
-            tokens.append(metrics["tokens"])
-        steps += len(batches)
-        jax.block_until_ready(state)
-    seconds = time.perf_counter() - tic
-    target_tokens = float(sum(jax.device_get(tokens)))
+
+    def window(state):
+        tokens, steps, tic = [], 0, time.perf_counter()
+        while steps < len(batches) or time.perf_counter() - tic < min_seconds:  # whole passes over the batches
+            for batch in device_batches:
+                state, metrics = compiled(state, batch, key)
+                tokens.append(metrics["tokens"])
+            steps += len(batches)
+            jax.block_until_ready(state)
+        return state, float(sum(jax.device_get(tokens))), steps, time.perf_counter() - tic
+
+    state, tokens_a, steps_a, seconds_a = window(state)
+    result = between()
+    state, tokens_b, steps_b, seconds_b = window(state)
+    target_tokens, steps, seconds = tokens_a + tokens_b, steps_a + steps_b, seconds_a + seconds_b
     rate = target_tokens / seconds
     per_token = flops * steps / target_tokens
     return {"tokens_per_s": rate, "step_ms": 1e3 * seconds / steps, "compile_s": compile_s,
@@ -178,7 +189,7 @@ def measure_step(config: Config, batches: list[dict], vocab: tuple[int, int], pe
             "xla_flops_per_token": xla_flops(compiled) * steps / target_tokens,
             "flops_per_s": per_token * rate, "mfu": per_token * rate / peak,
             "num_params": int(sum(x.size for x in jax.tree.leaves(state["params"]))),
-            "batch_shape": list(batches[0]["tgt_in"].shape)}
+            "batch_shape": list(batches[0]["tgt_in"].shape)}, result
 
 
 def measure_model(model: str, overrides: dict, batch_tokens: int, loop_steps: int, sizes: ThroughputSizes, data_dir: Path,
@@ -190,17 +201,19 @@ def measure_model(model: str, overrides: dict, batch_tokens: int, loop_steps: in
     log_every = whole_calls(max(sizes.log_every, loop_steps // 3))
     config = _config(model, overrides, batch_tokens, log_every + whole_calls(loop_steps), log_every, dtype, steps_per_call)
     workdir = work / f"{model}-{batch_tokens}-{steps_per_call}"
-    loop = measure_loop(config, data_dir, workdir)
     if baseline is not None:
+        loop = measure_loop(config, data_dir, workdir)
         row = {**baseline, "steps_per_call": steps_per_call, "loop_tokens_per_s": loop["tokens_per_s"]}
     else:
-        batches, *vocab = step_batches(config, workdir, data_dir, sizes.step_repeats)
-        step = measure_step(config, batches, tuple(vocab), peak, sizes.min_seconds)
+        batches, step_config = step_batches(config, workdir, data_dir, sizes.step_repeats)
+        step, loop = measure_step(step_config, batches, peak, sizes.min_seconds,
+                                  between=lambda: measure_loop(config, data_dir, workdir))
         row = {"model": model, "overrides": overrides, "batch_tokens": batch_tokens, "steps_per_call": steps_per_call,
                "loop_tokens_per_s": loop["tokens_per_s"],
                **{f"step_{k}" if k in ("tokens_per_s",) else k: v for k, v in step.items()}}
         if peer is not None and model in peer.models:
-            row["peer_tokens_per_s"] = peer.tokens_per_s(model, batches, vocab)
+            row["peer_tokens_per_s"] = peer.tokens_per_s(model, batches, (step_config.model.src_vocab_size,
+                                                                          step_config.model.tgt_vocab_size))
     row["host_overhead"] = 1.0 - row["loop_tokens_per_s"] / row["step_tokens_per_s"]
     if "peer_tokens_per_s" in row:
         row.update(loop_vs_peer=row["loop_tokens_per_s"] / row["peer_tokens_per_s"],
