@@ -44,8 +44,8 @@ from zoo.data.pipeline import TextPipeline
 from zoo.data.tokenize import Tokenizer
 from zoo.distributed import data_parallel, state_shardings
 from zoo.flops import jaxpr_flops, peak_flops
-from zoo.models import build, list_models
-from zoo.training import init_state, make_optimizer, make_train_step, prepare, train
+from zoo.models import list_models
+from zoo.training import Run, init_state, make_optimizer, make_train_step, prepare, train
 
 BUCKET = 16  # sentences of 15-16 tokens (with <eos>) on the longer side: Multi30k's median bucket
 HOST_OVERHEAD_SMALL_MAX, HOST_OVERHEAD_TRANSFORMER_MAX, PEER_MIN_RATIO = 0.05, 0.02, 1.5
@@ -133,16 +133,17 @@ def measure_loop(config: Config, data_dir: Path, workdir: Path) -> dict:
     return {"tokens_per_s": tokens / seconds, "steps": sum(r["steps"] for r in intervals), "seconds": seconds}
 
 
-def step_batches(config: Config, workdir: Path, data_dir: Path, count: int) -> tuple[list[dict], Config]:
+def step_batches(config: Config, workdir: Path, data_dir: Path, count: int) -> tuple[list[dict], Run]:
     """The first ``count`` full batches of epoch 0 of the plan of the loop in ``workdir`` (NumPy),
-    and the config with its vocabulary sizes (:func:`zoo.training.prepare`, which writes nothing)."""
+    and that loop's :class:`zoo.training.Run` (its model and the config with the vocabulary
+    sizes; :func:`zoo.training.prepare`, which writes nothing)."""
     run, _ = prepare(config, workdir, data_dir)
     plan = [spec for spec in run.plan(0) if len(spec.indices) == spec.rows][:count]
     batches = [collate(*run.train_ids, spec.indices, spec.rows, lengths=(spec.src_len, spec.tgt_len)) for spec in plan]
-    return batches, run.config
+    return batches, run
 
 
-def measure_step(config: Config, batches: list[dict], peak: float, min_seconds: float,
+def measure_step(run: Run, batches: list[dict], peak: float, min_seconds: float,
                  between: Callable[[], dict]) -> tuple[dict, dict]:
     """The compiled step back to back on device batches: tokens/s, compile time, memory, FLOPs,
     MFU; and ``between()``'s result.
@@ -152,9 +153,10 @@ def measure_step(config: Config, batches: list[dict], peak: float, min_seconds: 
     that slows or speeds up during the study moves both measures alike, so their ratio (the host
     overhead) is not the drift. The step's state stays in memory meanwhile. The step is the
     loop's own: the same shardings of state, batch and key (:class:`zoo.training.Trainer`).
-    ``config`` has the vocabulary sizes (:func:`step_batches`)."""
+    ``run``: the loop's model and config (:func:`step_batches`)."""
+    config = run.config
     tx = make_optimizer(config.train)
-    graphdef, state = init_state(build(config.model_name, config.model), tx)
+    graphdef, state = init_state(run.model, tx)
     batch_sharding, replicated = data_parallel()
     state_sharding = state_shardings(state, replicated.mesh, config.train.fsdp)
     state = jax.device_put(state, state_sharding)
@@ -205,15 +207,15 @@ def measure_model(model: str, overrides: dict, batch_tokens: int, loop_steps: in
         loop = measure_loop(config, data_dir, workdir)
         row = {**baseline, "steps_per_call": steps_per_call, "loop_tokens_per_s": loop["tokens_per_s"]}
     else:
-        batches, step_config = step_batches(config, workdir, data_dir, sizes.step_repeats)
-        step, loop = measure_step(step_config, batches, peak, sizes.min_seconds,
+        batches, run = step_batches(config, workdir, data_dir, sizes.step_repeats)
+        step, loop = measure_step(run, batches, peak, sizes.min_seconds,
                                   between=lambda: measure_loop(config, data_dir, workdir))
         row = {"model": model, "overrides": overrides, "batch_tokens": batch_tokens, "steps_per_call": steps_per_call,
                "loop_tokens_per_s": loop["tokens_per_s"],
                **{f"step_{k}" if k in ("tokens_per_s",) else k: v for k, v in step.items()}}
         if peer is not None and model in peer.models:
-            row["peer_tokens_per_s"] = peer.tokens_per_s(model, batches, (step_config.model.src_vocab_size,
-                                                                          step_config.model.tgt_vocab_size))
+            row["peer_tokens_per_s"] = peer.tokens_per_s(model, batches, (run.config.model.src_vocab_size,
+                                                                          run.config.model.tgt_vocab_size))
     row["host_overhead"] = 1.0 - row["loop_tokens_per_s"] / row["step_tokens_per_s"]
     if "peer_tokens_per_s" in row:
         row.update(loop_vs_peer=row["loop_tokens_per_s"] / row["peer_tokens_per_s"],
