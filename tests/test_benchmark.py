@@ -252,9 +252,10 @@ def test_peer_torch_missing_is_one_line(tmp_path, monkeypatch, capsys):
 @pytest.mark.usefixtures("standard_dtype_promotion")
 def test_train_study_quick_writes_every_field(tmp_path, monkeypatch):
     """``benchmark.py train --quick`` on the synthetic corpus (no Multi30k under --data-dir), with
-    fewer timed steps than the preset's."""
+    fewer timed steps and sentences than the preset's (256: enough for every loop's 3 batches)."""
     monkeypatch.setattr(throughput, "QUICK", replace(throughput.QUICK, loop_steps=2, small_loop_steps=2,
-                                                                small_steps_per_call=2, log_every=1, min_seconds=0.0))
+                                                                small_steps_per_call=2, log_every=1, min_seconds=0.0,
+                                                                corpus_sentences=256))
     out = tmp_path / "out"
     assert cli.main(["train", "--quick", "--models", "transformer", "--data-dir", str(tmp_path / "none"), "--out", str(out)]) == 0
     results = json.loads((out / "train.json").read_text())

@@ -68,6 +68,7 @@ class ThroughputSizes:
     small_loop_steps: int = 400  # its steps are short: time more of them
     small_steps_per_call: int = 8  # the small model is timed again with this many steps a call (TrainConfig.steps_per_call)
     min_seconds: float = 2.0  # the back-to-back step is timed over at least this long
+    corpus_sentences: int = 4096  # the training corpus (:func:`write_corpus`); the loop cycles through it
 
 
 _QUICK_SIZES = {"embed_dim": 32, "hidden_dim": 32}
@@ -251,7 +252,7 @@ def run_throughput(sizes: ThroughputSizes, out: Path, device, dtype: str = "floa
     results = {"setting": {**run_setting(device, dtype), "preset": sizes.name, "bucket": BUCKET}, "rows": []}
     with jax.default_device(device), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        results["corpus"] = write_corpus(work / "data", data_dir)
+        results["corpus"] = write_corpus(work / "data", data_dir, size=sizes.corpus_sentences)
         peak = peak_flops(device, jnp.dtype(dtype))
         results["setting"]["peak_flops"] = peak
         results["batching"] = multi30k_batching(data_dir)
