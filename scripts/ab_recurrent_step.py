@@ -6,7 +6,11 @@ and all of the positions), here and at ``--baseline`` (default 3b4be56, the last
 recurrent layers used plain autodiff), checked out with ``git worktree add`` into a temporary
 folder. Each (model, tree) runs in its own subprocess with PYTHONPATH at that tree, the two trees
 alternating, and reports the median of ``--repeats`` steps after ``--warmup`` steps (the first
-warm-up step includes compilation).
+warm-up step includes compilation). This tree's child also counts the step's FLOPs
+(:func:`zoo.flops.jaxpr_flops`, every scan iteration; the baseline computes the same mathematics)
+and measures a float32 matrix product's FLOP/s in the same process
+(:func:`zoo.flops.measured_matmul_peak`), so the table gives each tree's MFU: how much faster a
+step could still get without doing less arithmetic.
 
     python scripts/ab_recurrent_step.py                     # all four models, 128 x 24 tokens
     python scripts/ab_recurrent_step.py --models cho --repeats 5 --baseline 09cf899
@@ -26,9 +30,10 @@ MODELS = ("bahdanau", "luong", "sutskever", "cho")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def time_step(model_name: str, batch_size: int, tokens: int, repeats: int, warmup: int) -> dict:
+def time_step(model_name: str, batch_size: int, tokens: int, repeats: int, warmup: int, flops: bool) -> dict:
     """Wall and CPU (all threads of the process) seconds of ``repeats`` training steps after
-    ``warmup``, with the ``zoo`` on sys.path: ``{"wall": [...], "cpu": [...]}``."""
+    ``warmup``, with the ``zoo`` on sys.path: ``{"wall": [...], "cpu": [...]}``; with ``flops``,
+    also the step's FLOPs and the float32 matrix-product peak (FLOP/s) measured after the steps."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -60,18 +65,27 @@ def time_step(model_name: str, batch_size: int, tokens: int, repeats: int, warmu
         if i >= warmup:
             times["wall"].append(time.perf_counter() - wall)
             times["cpu"].append(time.process_time() - cpu)
+    if flops:
+        from zoo.flops import jaxpr_flops, measured_matmul_peak
+
+        times["flops"] = jaxpr_flops(step.trace(state, batch, key).jaxpr)
+        times["peak"] = measured_matmul_peak(jax.devices()[0])
     return times
 
 
-def run_child(tree: Path, args, model_name: str) -> dict:
-    """Median wall and CPU seconds per step of ``model_name`` with ``zoo`` imported from ``tree``."""
+def run_child(tree: Path, args, model_name: str, flops: bool = False) -> dict:
+    """Median wall and CPU seconds per step of ``model_name`` with ``zoo`` imported from ``tree``
+    (and, with ``flops``, the step's FLOPs and the measured peak FLOP/s)."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     command = [sys.executable, __file__, "--child", model_name, "--batch-size", str(args.batch_size),
-               "--tokens", str(args.tokens), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+               "--tokens", str(args.tokens), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+               *(["--flops"] if flops else [])]
     out = subprocess.run(command, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert Path(result["zoo"]).resolve().is_relative_to(tree.resolve()), f"imported {result['zoo']}, not {tree}"
-    return {clock: statistics.median(result["seconds"][clock]) for clock in ("wall", "cpu")}
+    seconds = result["seconds"]
+    return {**{clock: statistics.median(seconds[clock]) for clock in ("wall", "cpu")},
+            **{k: seconds[k] for k in ("flops", "peak") if k in seconds}}
 
 
 def main() -> None:
@@ -84,11 +98,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         import zoo
 
-        seconds = time_step(args.child, args.batch_size, args.tokens, args.repeats, args.warmup)
+        seconds = time_step(args.child, args.batch_size, args.tokens, args.repeats, args.warmup, args.flops)
         print(json.dumps({"zoo": zoo.__file__, "seconds": seconds}))
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,14 +113,18 @@ def main() -> None:
         try:
             print(f"batch {args.batch_size} x {args.tokens} tokens, median of {args.repeats} steps after "
                   f"{args.warmup} warm-up; this tree = {REPO}, baseline = {args.baseline}", flush=True)
-            print("ms per step, wall clock and CPU time (all threads; steadier when other processes share the cores)")
-            print(f"{'model':10} {'clock':5} {'this tree':>10} {'baseline':>10} {'speed-up':>9}", flush=True)
+            print("ms per step, wall clock and CPU time (all threads; steadier when other processes share the cores);")
+            print("MFU: the step's FLOPs per wall second over a float32 matrix product's, measured after this tree's steps")
+            print(f"{'model':10} {'clock':5} {'this tree':>10} {'baseline':>10} {'speed-up':>9} {'GFLOP':>7} "
+                  f"{'MFU here':>9} {'baseline':>9}", flush=True)
             for name in args.models:
-                here = run_child(REPO, args, name)
+                here = run_child(REPO, args, name, flops=True)
                 there = run_child(baseline, args, name)
-                for clock in ("wall", "cpu"):
-                    print(f"{name:10} {clock:5} {1e3 * here[clock]:10.0f} {1e3 * there[clock]:10.0f} "
-                          f"{there[clock] / here[clock]:8.2f}x", flush=True)
+                mfu = lambda t: here["flops"] / t["wall"] / here["peak"]
+                print(f"{name:10} {'wall':5} {1e3 * here['wall']:10.0f} {1e3 * there['wall']:10.0f} "
+                      f"{there['wall'] / here['wall']:8.2f}x {here['flops'] / 1e9:7.1f} {mfu(here):9.1%} {mfu(there):9.1%}")
+                print(f"{name:10} {'cpu':5} {1e3 * here['cpu']:10.0f} {1e3 * there['cpu']:10.0f} "
+                      f"{there['cpu'] / here['cpu']:8.2f}x", flush=True)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline)], check=True)
 
