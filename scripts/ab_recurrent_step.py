@@ -83,9 +83,9 @@ def run_child(tree: Path, args, model_name: str, flops: bool = False) -> dict:
     out = subprocess.run(command, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert Path(result["zoo"]).resolve().is_relative_to(tree.resolve()), f"imported {result['zoo']}, not {tree}"
-    seconds = result["seconds"]
-    return {**{clock: statistics.median(seconds[clock]) for clock in ("wall", "cpu")},
-            **{k: seconds[k] for k in ("flops", "peak") if k in seconds}}
+    step = result["step"]
+    return {**{clock: statistics.median(step[clock]) for clock in ("wall", "cpu")},
+            **{k: step[k] for k in ("flops", "peak") if k in step}}
 
 
 def main() -> None:
@@ -103,8 +103,8 @@ def main() -> None:
     if args.child:
         import zoo
 
-        seconds = time_step(args.child, args.batch_size, args.tokens, args.repeats, args.warmup, args.flops)
-        print(json.dumps({"zoo": zoo.__file__, "seconds": seconds}))
+        step = time_step(args.child, args.batch_size, args.tokens, args.repeats, args.warmup, args.flops)
+        print(json.dumps({"zoo": zoo.__file__, "step": step}))
         return
     with tempfile.TemporaryDirectory() as tmp:
         baseline = Path(tmp) / "baseline"
