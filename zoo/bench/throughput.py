@@ -66,7 +66,7 @@ class ThroughputSizes:
     small: tuple[str, dict] = ("transformer", {"d_model": 16, "num_heads": 4, "num_encoder_layers": 1,
                                                "num_decoder_layers": 1, "d_ff": 32})
     small_batch_tokens: int = 128
-    small_loop_steps: int = 1600  # its steps are short: time a few seconds of them (400, about 1 s, moved by ±15 %)
+    small_loop_steps: int = 1600  # its steps are short: time a few seconds of them (400, about 1 s, gave −9 % to +18 %)
     small_steps_per_call: int = 8  # the small model is timed again with this many steps a call (TrainConfig.steps_per_call)
     min_seconds: float = 2.0  # the back-to-back step is timed over at least this long
     corpus_sentences: int = 4096  # the training corpus (:func:`write_corpus`); the loop cycles through it
