@@ -8,7 +8,7 @@ import numpy as np
 from compile_options import FAST_COMPILE
 from flax import nnx
 
-from zoo.training import batch_nll
+from zoo.loss import batch_nll
 
 
 def padded_batch(src_vocab: int, tgt_vocab: int, src_len: int = 7, tgt_len: int = 5) -> dict:

@@ -23,8 +23,9 @@ from zoo.data.corpora import load_split
 from zoo.data.pipeline import TextPipeline
 from zoo.distributed import data_parallel, state_shardings
 from zoo.errors import ZooError
+from zoo.evaluation import dataset_nll
 from zoo.models import build
-from zoo.training import dataset_nll, init_state, make_optimizer, make_train_step, train
+from zoo.training import init_state, make_optimizer, make_train_step, train
 from zoo.translator import Translator
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")

@@ -22,8 +22,9 @@ from flax import nnx
 
 from zoo import models
 from zoo.config import Config, TrainConfig
+from zoo.loss import batch_nll
 from zoo.models.labelling import SequenceTagger, TaggerConfig
-from zoo.training import batch_nll, init_state, make_optimizer, make_train_step
+from zoo.training import init_state, make_optimizer, make_train_step
 
 SIZES = {
     "bahdanau": dict(embed_dim=8, hidden_dim=8, attention_dim=8, maxout_dim=4),

@@ -11,19 +11,23 @@ import pytest
 from corpus import write_tiny_multi30k
 
 import zoo
-from zoo import training
+from zoo import metrics_log
 from zoo.checkpoint import CheckpointStore, write_or_check_config
 from zoo.compilation import CompileCounter
 from zoo.config import BahdanauConfig, Config, DataConfig, TrainConfig
 from zoo.data.batching import collate
 from zoo.data.corpora import load_split
+from zoo.data.dataset import within_max_length
 from zoo.data.pipeline import TextPipeline
 from zoo.decoding import greedy
 from zoo.distributed import data_parallel
 from zoo.errors import ZooError
+from zoo.evaluation import make_eval_nll
 from zoo.flops import jaxpr_flops
+from zoo.loss import example_nll
 from zoo.models import build
-from zoo.training import example_nll, init_state, make_optimizer, make_train_step, step_key, train
+from zoo.runtime import DispatchWindow
+from zoo.training import init_state, make_optimizer, make_train_step, step_key, train
 from zoo.translator import Translator
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
@@ -221,13 +225,13 @@ def test_loop_reads_the_device_once_per_log_interval(tmp_path, data_dir, monitor
 def monitoring_reads(monkeypatch):
     """Every call of the loop's one device-to-host read, with what it read."""
     reads = []
-    real = training.read_metrics
+    real = metrics_log.read_metrics
 
     def counted(pending):
         reads.append(pending)
         return real(pending)
 
-    monkeypatch.setattr(training, "read_metrics", counted)
+    monkeypatch.setattr(metrics_log, "read_metrics", counted)
     return reads
 
 
@@ -244,7 +248,7 @@ def test_the_host_stays_at_most_two_calls_ahead_of_the_device():
             waited.append(self.i)
             return self
 
-    window = training.DispatchWindow()
+    window = DispatchWindow()
     for i in range(6):
         window.add({"loss": Output(i)})
         assert waited == list(range(i - 1))
@@ -268,7 +272,7 @@ def test_a_second_call_with_the_same_shapes_compiles_nothing(pipeline_and_batch,
     _, model_config, batch = pipeline_and_batch
     tx = make_optimizer(TrainConfig())
     graphdef, state = init_state(build("bahdanau", model_config), tx)
-    train_step, eval_nll = make_train_step(graphdef, tx), training.make_eval_nll(graphdef)
+    train_step, eval_nll = make_train_step(graphdef, tx), make_eval_nll(graphdef)
     _, translator = saved_workdir
     key = jax.random.key(0)
 
@@ -286,7 +290,7 @@ def test_a_second_call_with_the_same_shapes_compiles_nothing(pipeline_and_batch,
 
 
 def test_pairs_over_max_length_are_left_out_and_counted():
-    (src, tgt), skipped = training.within_max_length([[1] * 3, [1] * 9, [1] * 2], [[2] * 4, [2] * 2, [2] * 10], max_length=5)
+    (src, tgt), skipped = within_max_length([[1] * 3, [1] * 9, [1] * 2], [[2] * 4, [2] * 2, [2] * 10], max_length=5)
     assert (src, tgt, skipped) == ([[1] * 3], [[2] * 4], 2)
 
 

@@ -22,8 +22,9 @@ from zoo import models
 from zoo.config import TrainConfig
 from zoo.data.vocab import BOS_ID
 from zoo.decoding import beam_search, greedy
+from zoo.loss import example_nll
 from zoo.models.transformer import POSITIONAL
-from zoo.training import example_nll, init_state, learning_rate_schedule, make_optimizer, make_train_step
+from zoo.training import init_state, learning_rate_schedule, make_optimizer, make_train_step
 
 SRC_V, TGT_V, LAYERS, HEADS = 11, 13, 2, 2
 TINY = dict(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, d_model=8, num_heads=HEADS, d_ff=16, num_encoder_layers=LAYERS,

@@ -221,7 +221,7 @@ class TrainConfig:
     teacher_forcing: float = 1.0  # probability that a decoder step reads the reference token
     label_smoothing: float = 0.0  # ε of Szegedy et al. (2016), as in Vaswani et al. (2017) section 5.4
     warmup_steps: int = 0  # >0: linear warmup to learning_rate, then ∝ 1/√step (Vaswani et al. eq. 3)
-    fsdp: bool = False  # shard parameters and optimizer state over the devices too (zoo.training.state_shardings)
+    fsdp: bool = False  # shard parameters and optimizer state over the devices too (zoo.distributed.state_shardings)
 
     def __post_init__(self):
         _at_least(self, 1, "epochs", "batch_size", "checkpoint_every", "log_every", "steps_per_call")

@@ -2,7 +2,7 @@
 
 Each process of a multi-process run (one per host, or per GPU) calls :func:`initialize` before
 any other JAX call; from then on ``jax.devices()`` lists the devices of every process, the
-``"data"`` mesh of :func:`zoo.training.data_parallel` spans them all, each process feeds its
+``"data"`` mesh of :func:`zoo.distributed.data_parallel` spans them all, each process feeds its
 own rows of every global batch (:mod:`zoo.data.loader`), and only the main process
 (:func:`is_main`) writes the workdir's config, vocabularies and metrics and prints. Orbax
 saves and restores the sharded state from all processes together.

@@ -1,4 +1,5 @@
-"""Corpus BLEU (sacreBLEU) and perplexities of a trained model on a parallel corpus.
+"""Corpus BLEU (sacreBLEU), a dataset's negative log-likelihood, and perplexities of a trained
+model on a parallel corpus.
 
 Two BLEU flavours:
   ``bleu``         sacreBLEU's default (13a tokenization, cased) on detokenized hypotheses
@@ -13,11 +14,42 @@ Two perplexities, exp of the token-level mean cross-entropy over the references:
                           the PyTorch tutorials' test loss), scored against the reference tokens.
 """
 
+import math
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from sacrebleu.metrics import BLEU
 
+from zoo.data.batching import collate
 from zoo.data.tokenize import Tokenizer
-from zoo.training import dataset_nll, make_eval_nll, perplexity
+from zoo.loss import batch_nll
+
+
+def make_eval_nll(graphdef, teacher_forcing: float = 1.0):
+    """Compiled ``eval_nll(params, batch) -> (nll_sum, num_tokens)`` without dropout; teacher-forced,
+    or free-running (greedy) with ``teacher_forcing=0``."""
+    return jax.jit(lambda params, batch: batch_nll(graphdef, params, batch, None, teacher_forcing))
+
+
+def dataset_nll(eval_nll, params, src_ids, tgt_ids, batch_size: int, length_multiple: int, sharding=None) -> float:
+    """Token-level mean NLL (nats) of a dataset, teacher-forced; the sums stay on the device
+    until the end (one read). ``sharding``: where batches go (default: JAX's default device),
+    e.g. split over a ``"data"`` mesh, whose device count must divide ``batch_size``; with
+    several processes every process passes the whole batch."""
+    order = np.argsort([len(s) for s in src_ids], kind="stable")
+    total, count = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+    for start in range(0, len(order), batch_size):
+        batch = collate(src_ids, tgt_ids, order[start : start + batch_size], batch_size, length_multiple)
+        nll, n = eval_nll(params, batch if sharding is None else jax.device_put(batch, sharding))
+        total, count = total + nll, count + n
+    total, count = jax.device_get((total, count))
+    return float(total) / max(float(count), 1.0)
+
+
+def perplexity(nll: float) -> float:
+    """exp(nll), ``inf`` where that overflows."""
+    return math.exp(nll) if nll < 700 else math.inf
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str], lang: str) -> dict:

@@ -1,4 +1,4 @@
-"""The loss, the jit-compiled training step, and the training loop.
+"""The optimizer, the jit-compiled training step, and the training loop.
 
 The step is one pure function ``train_step(state, batch, key) -> (state, metrics)`` compiled
 once per batch shape with ``jax.jit(..., donate_argnums=0)``. The model works on one example;
@@ -12,22 +12,15 @@ the compiled step from the step counter, batches are collated and placed on the 
 by the loader (:mod:`zoo.data.loader`), and the metrics stay on the device until they are read,
 all at once, every ``log_every`` steps (and before a checkpoint, at the end of an epoch and on
 stopping). The host stays at most two compiled calls ahead of the device
-(:class:`DispatchWindow`), so SIGTERM and SIGINT stop the loop within two calls of the signal (two
+(:class:`zoo.runtime.DispatchWindow`), so SIGTERM and SIGINT stop the loop within two calls of the signal (two
 steps, 2k with ``steps_per_call`` k), with
 a resumable checkpoint at the last step; a non-finite loss or gradient norm stops it before anything is saved.
 """
 
-import collections
 import contextlib
-import dataclasses
-import json
 import math
-import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -38,69 +31,18 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from zoo.checkpoint import CheckpointStore, WorkdirLock, read_config, write_or_check_config
+from zoo.checkpoint import CheckpointStore, WorkdirLock
 from zoo.compilation import CompileCounter
 from zoo.config import Config, TrainConfig
-from zoo.data.batching import BatchSpec, batch_order, chunk_lengths, collate, group_by_shape, token_batches
-from zoo.data.corpora import load_split
+from zoo.data.batching import chunk_lengths
 from zoo.data.loader import device_batches, real_token_share
-from zoo.data.pipeline import TextPipeline
-from zoo.decoding import decode
-from zoo.distributed import barrier, data_parallel, is_main, state_shardings
-from zoo.errors import ZooError
+from zoo.distributed import data_parallel, is_main, state_shardings
+from zoo.evaluation import dataset_nll, make_eval_nll, perplexity
 from zoo.flops import jaxpr_flops, peak_flops
-from zoo.functional.masks import length_mask
-from zoo.models import build
-
-
-def example_nll(model, example, key=None, teacher_forcing: float = 1.0, label_smoothing: float = 0.0):
-    """Negative log-likelihood of one example, summed over its real target tokens.
-
-    Args:
-      model: a zoo seq2seq model (one example at a time).
-      example: dict of ``src`` (S,), ``src_length``, ``tgt_in`` (T,), ``tgt_out`` (T,), ``tgt_length``.
-      key: PRNG key for dropout and the teacher-forcing coins, or None (no dropout).
-      teacher_forcing: the probability r that a decoder step reads the reference token rather
-        than its own previous prediction (:func:`zoo.decoding.decode`): 1 is teacher forcing,
-        0 free running (greedy), in between needs a ``key``.
-      label_smoothing: ε; the target distribution puts 1 − ε on y_t and ε/V on every token
-        (Szegedy et al. 2016; Vaswani et al. 2017, section 5.4). 0: the plain NLL.
-
-    Returns:
-      ``(nll, num_tokens)``: float32 scalars, −Σ_t log p(y_t | y_<t, x) over t < tgt_length (the
-      cross-entropy against the smoothed targets when ε > 0), and that count.
-
-    Raises:
-      ValueError: 0 < teacher_forcing < 1 without a key.
-    """
-    if teacher_forcing >= 1.0:
-        logits, _ = model(example["src"], example["src_length"], example["tgt_in"], key=key)
-    else:
-        if key is None and teacher_forcing > 0.0:
-            raise ValueError(f"teacher_forcing={teacher_forcing} draws coins and needs a key")
-        k_enc, k_dec, k_coin = [None] * 3 if key is None else jax.random.split(key, 3)
-        memory = model.encode(example["src"], example["src_length"], k_enc)
-        shape = example["tgt_in"].shape
-        use_reference = jnp.zeros(shape, bool) if k_coin is None else jax.random.bernoulli(k_coin, teacher_forcing, shape)
-        _, logits, _ = decode(model, memory, example["tgt_in"], use_reference, k_dec)
-    mask = length_mask(example["tgt_length"], example["tgt_out"].shape[0])
-    if label_smoothing > 0.0:
-        targets = optax.smooth_labels(jax.nn.one_hot(example["tgt_out"], logits.shape[-1]), label_smoothing)
-        nll = optax.softmax_cross_entropy(logits, targets)
-    else:
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, example["tgt_out"])
-    return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask, dtype=jnp.float32)
-
-
-def batch_nll(graphdef, params, batch, key=None, teacher_forcing: float = 1.0, label_smoothing: float = 0.0):
-    """Summed NLL and token count of a batch: :func:`example_nll` vmapped over its examples."""
-    model = nnx.merge(graphdef, params)
-    if key is None:
-        nll, n = jax.vmap(lambda ex: example_nll(model, ex, None, teacher_forcing, label_smoothing))(batch)
-    else:
-        keys = jax.random.split(key, batch["src"].shape[0])
-        nll, n = jax.vmap(lambda ex, k: example_nll(model, ex, k, teacher_forcing, label_smoothing))(batch, keys)
-    return jnp.sum(nll), jnp.sum(n)
+from zoo.loss import batch_nll
+from zoo.metrics_log import MetricsLog
+from zoo.run import Run, prepare, write_workdir
+from zoo.runtime import DispatchWindow, StopSignal
 
 
 def learning_rate_schedule(train: TrainConfig) -> optax.Schedule:
@@ -175,168 +117,9 @@ def make_train_step(graphdef, tx, teacher_forcing: float = 1.0, label_smoothing:
     return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, replicated))
 
 
-def make_eval_nll(graphdef, teacher_forcing: float = 1.0):
-    """Compiled ``eval_nll(params, batch) -> (nll_sum, num_tokens)`` without dropout; teacher-forced,
-    or free-running (greedy) with ``teacher_forcing=0``."""
-    return jax.jit(lambda params, batch: batch_nll(graphdef, params, batch, None, teacher_forcing))
-
-
 def step_key(key, step):
     """The dropout key of a global step, fold_in(key, step): resuming with the saved key replays it."""
     return jax.random.fold_in(key, step)
-
-
-def dataset_nll(eval_nll, params, src_ids, tgt_ids, batch_size: int, length_multiple: int, sharding=None) -> float:
-    """Token-level mean NLL (nats) of a dataset, teacher-forced; the sums stay on the device
-    until the end (one read). ``sharding``: where batches go (default: JAX's default device),
-    e.g. split over a ``"data"`` mesh, whose device count must divide ``batch_size``; with
-    several processes every process passes the whole batch."""
-    order = np.argsort([len(s) for s in src_ids], kind="stable")
-    total, count = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
-    for start in range(0, len(order), batch_size):
-        batch = collate(src_ids, tgt_ids, order[start : start + batch_size], batch_size, length_multiple)
-        nll, n = eval_nll(params, batch if sharding is None else jax.device_put(batch, sharding))
-        total, count = total + nll, count + n
-    total, count = jax.device_get((total, count))
-    return float(total) / max(float(count), 1.0)
-
-
-def perplexity(nll: float) -> float:
-    """exp(nll), ``inf`` where that overflows."""
-    return math.exp(nll) if nll < 700 else math.inf
-
-
-def read_metrics(pending: list[dict]) -> list[dict]:
-    """The one device-to-host read of the loop: every pending step's metrics at once, stacked on
-    the device first (reading each scalar on its own cost ~0.3 ms apiece on a CPU)."""
-    stacked = jax.device_get({name: jnp.stack([m[name] for m in pending]) for name in pending[0]})
-    return [{name: values[i] for name, values in stacked.items()} for i in range(len(pending))]
-
-
-class MetricsLog:
-    """``metrics.jsonl``: per step ``step, epoch, loss, grad_norm, tokens``; per logged interval
-    ``event="interval"`` with target tokens/s, step time, achieved FLOP/s and MFU; validations
-    and run events (``start``; ``end`` with the run's ``wall_s``, one per uninterrupted segment of
-    a resumed run). Step metrics wait on the device (:meth:`add`) until :meth:`flush`.
-
-    On resume, lines past the checkpoint's step are dropped; a last line cut short by a crash
-    is dropped too. Only a ``writer`` writes the file; every process reads and checks the metrics.
-
-    Raises:
-      ZooError: a damaged line before the last (naming the file and line).
-    """
-
-    def __init__(self, path: Path, resume_step: int, bar, peak: float, writer: bool = True):
-        self.path, self.bar, self.peak = path, bar, peak
-        if writer and path.exists():
-            path.write_text("".join(line + "\n" for line in self._kept_lines(resume_step)))
-        self.file = path.open("a") if writer else open(os.devnull, "w")
-        self.pending, self.interval_flops, self.clock = [], 0.0, time.perf_counter()
-
-    def _kept_lines(self, resume_step: int) -> list[str]:
-        lines = self.path.read_text().splitlines()
-        kept = []
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if number == len(lines):
-                    break  # the write of the last line was cut short
-                raise ZooError(f"{self.path}, line {number}: not JSON; fix or remove that line") from None
-            if record.get("step", 0) <= resume_step:
-                kept.append(line)
-        return kept
-
-    def write(self, **record) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-
-    def add(self, step: int, epoch: int, metrics: dict, flops: float, steps: int = 1) -> None:
-        """Keep the metrics (device arrays, not read) of the ``steps`` steps up to ``step`` and
-        their FLOPs (``flops`` a step): scalars for one step, or a multi-step call's (k,) arrays
-        of which the first ``steps`` are real (:func:`make_train_step`)."""
-        self.pending.append((step, epoch, metrics, steps))
-        self.interval_flops += flops * steps
-
-    def restart_clock(self) -> None:
-        """Start the next interval's clock now (after a save or a validation, which are not steps)."""
-        self.clock = time.perf_counter()
-
-    def flush(self) -> None:
-        """Read the pending metrics (one transfer), write them and the interval's throughput.
-
-        Raises:
-          ZooError: a non-finite loss or gradient norm, naming the first such step.
-        """
-        if not self.pending:
-            return
-        values = read_metrics([m for _, _, m, _ in self.pending])
-        seconds = time.perf_counter() - self.clock
-        per_step = [(last - n + 1 + i, epoch, {name: np.atleast_1d(v)[i] for name, v in m.items()})
-                    for (last, epoch, _, n), m in zip(self.pending, values) for i in range(n)]
-        tokens = 0.0
-        for step, epoch, m in per_step:
-            for name in ("loss", "grad_norm"):
-                if not math.isfinite(m[name]):
-                    raise ZooError(f"step {step}: {name} is {float(m[name])}; stopping without saving (lower "
-                                   f"--learning-rate or --clip-norm; the last checkpoint is kept)")
-            tokens += float(m["tokens"])
-            self.write(step=step, epoch=epoch, loss=float(m["loss"]), grad_norm=float(m["grad_norm"]), tokens=int(m["tokens"]))
-        steps, last = len(per_step), per_step[-1][2]
-        interval = {"step": self.pending[-1][0], "steps": steps, "tokens_per_s": tokens / seconds,
-                    "step_time_s": seconds / steps, "flops_per_s": self.interval_flops / seconds,
-                    "mfu": self.interval_flops / seconds / self.peak}
-        self.write(event="interval", **interval)
-        self.bar.update(steps)
-        self.bar.set_postfix(loss=f"{float(last['loss']):.3f}", tok_s=f"{interval['tokens_per_s']:.0f}",
-                             mfu=f"{interval['mfu']:.1%}")
-        self.pending, self.interval_flops = [], 0.0
-        self.restart_clock()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class DispatchWindow:
-    """At most ``limit`` compiled calls queued on the device: after one more is dispatched, wait
-    for the oldest. With ``limit`` ≥ 2 the device always has the next call queued, while the host
-    never runs further ahead (unbounded, it would dispatch up to the next metrics read, ``log_every``
-    steps, which a stop signal would then wait for: 100 s for 50 steps of a 2 s CPU step)."""
-
-    def __init__(self, limit: int = 2):
-        self.limit, self.queue = limit, collections.deque()
-
-    def add(self, outputs) -> None:
-        """Record a dispatched call's outputs (any pytree of arrays); block on the oldest beyond ``limit``."""
-        self.queue.append(outputs)
-        if len(self.queue) > self.limit:
-            jax.block_until_ready(self.queue.popleft())
-
-
-class StopSignal:
-    """Inside ``with StopSignal() as stop:``, SIGTERM and SIGINT set ``stop.signal`` (the
-    signal's name) instead of ending the process, so the loop can finish its step and save; a
-    second signal exits at once with ``128 + signum`` (what was committed stays intact:
-    Orbax commits a step by renaming a finished folder). Outside the main thread: no-op."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signal, self._previous = None, {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
-            os._exit(128 + signum)
-        self.signal = signal.Signals(signum).name
-
-    def __enter__(self) -> "StopSignal":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 @dataclass
@@ -347,86 +130,6 @@ class Position:
     epoch: int = 0
     batch: int = 0
     best_val_loss: float = math.inf
-
-
-@dataclass
-class Run:
-    """What a run's loop needs, fixed for the run (made by :func:`prepare`)."""
-
-    config: Config
-    workdir: Path
-    train_ids: tuple[list, list]
-    val_ids: tuple[list, list]
-    model: nnx.Module
-    skipped: int = 0  # training pairs over DataConfig.max_length, left out
-
-    def plan(self, epoch: int) -> list[BatchSpec]:
-        """The epoch's batches: token-budget batches if ``batch_tokens`` is set, else sentence
-        batches; grouped into runs of one shape for ``steps_per_call`` > 1."""
-        t = self.config.train
-        src_lengths = [len(s) for s in self.train_ids[0]]
-        tgt_lengths = [len(s) for s in self.train_ids[1]]
-        if t.batch_tokens is not None:
-            plan = token_batches(src_lengths, tgt_lengths, t.batch_tokens, t.seed, epoch,
-                                 row_multiple=math.lcm(8, jax.device_count()))
-        else:
-            plan = batch_order(src_lengths, tgt_lengths, t.batch_size, t.seed, epoch, self.config.data.length_multiple)
-        return group_by_shape(plan, t.steps_per_call)
-
-
-def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
-    """Read the data, make or load the vocabularies and build the model; writes nothing.
-
-    Raises:
-      ZooError: bad data files or vocabularies, a model config the model refuses, or a batch
-        (``batch_size``, which also sizes the validation batches) that does not split over the
-        devices.
-    """
-    workdir = Path(workdir).absolute()
-    d, t = config.data, config.train
-    if t.batch_size % jax.device_count():
-        raise ZooError(f"--batch-size {t.batch_size} does not split over {jax.device_count()} devices; "
-                       f"use a multiple of {jax.device_count()}")
-    train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
-    val_src, val_tgt = load_split(d.dataset, "val", d.src_lang, d.tgt_lang, data_dir)
-    if (workdir / TextPipeline.FILES[0]).exists():  # a workdir that was started before
-        saved = read_config(workdir).model
-        pipeline = TextPipeline.load(d, workdir, (saved.src_vocab_size, saved.tgt_vocab_size))
-    else:
-        pipeline = TextPipeline.build(d, train_src, train_tgt)
-    vocab_sizes = {"src_vocab_size": len(pipeline.src_vocab), "tgt_vocab_size": len(pipeline.tgt_vocab)}
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, **vocab_sizes))
-    try:
-        model = build(config.model_name, config.model, seed=t.seed)
-    except ValueError as e:
-        raise ZooError(f"model {config.model_name!r}: {e}") from None
-    train_ids, skipped = within_max_length(pipeline.encode_source(train_src), pipeline.encode_target(train_tgt), d.max_length)
-    val_ids, _ = within_max_length(pipeline.encode_source(val_src), pipeline.encode_target(val_tgt), d.max_length)
-    run = Run(config, workdir, train_ids, val_ids, model, skipped)
-    if t.batch_tokens is not None:
-        try:
-            run.plan(0)
-        except ValueError as e:
-            raise ZooError(f"--batch-tokens: {e} (rows are a multiple of 8 and of the {jax.device_count()} devices)") from None
-    return run, pipeline
-
-
-def within_max_length(src_ids: list, tgt_ids: list, max_length: int) -> tuple[tuple[list, list], int]:
-    """The pairs whose source and target, each with <eos>, have at most ``max_length`` tokens, and
-    how many were left out."""
-    kept = [(s, t) for s, t in zip(src_ids, tgt_ids) if max(len(s), len(t)) + 1 <= max_length]
-    return ([s for s, _ in kept], [t for _, t in kept]), len(src_ids) - len(kept)
-
-
-def write_workdir(run: Run, pipeline: TextPipeline) -> None:
-    """Write ``config.json`` and the vocabularies into a new workdir; in a used one, check that
-    its config is this run's (:func:`zoo.checkpoint.write_or_check_config`). Process 0 writes,
-    after every process has read the workdir (:func:`prepare`)."""
-    barrier("zoo.prepare")
-    if is_main():
-        write_or_check_config(run.workdir, run.config)
-        if not (run.workdir / TextPipeline.FILES[0]).exists():
-            pipeline.save(run.workdir)
 
 
 class Trainer:

@@ -45,7 +45,8 @@ from zoo.data.tokenize import Tokenizer
 from zoo.distributed import data_parallel, state_shardings
 from zoo.flops import jaxpr_flops, peak_flops
 from zoo.models import list_models
-from zoo.training import Run, init_state, make_optimizer, make_train_step, prepare, train
+from zoo.run import Run, prepare
+from zoo.training import init_state, make_optimizer, make_train_step, train
 
 BUCKET = 16  # sentences of 15-16 tokens (with <eos>) on the longer side: Multi30k's median bucket
 HOST_OVERHEAD_SMALL_MAX, HOST_OVERHEAD_TRANSFORMER_MAX, PEER_MIN_RATIO = 0.05, 0.02, 1.5
@@ -137,8 +138,8 @@ def measure_loop(config: Config, data_dir: Path, workdir: Path) -> dict:
 
 def step_batches(config: Config, workdir: Path, data_dir: Path, count: int) -> tuple[list[dict], Run]:
     """The first ``count`` full batches of epoch 0 of the plan of the loop in ``workdir`` (NumPy),
-    and that loop's :class:`zoo.training.Run` (its model and the config with the vocabulary
-    sizes; :func:`zoo.training.prepare`, which writes nothing)."""
+    and that loop's :class:`zoo.run.Run` (its model and the config with the vocabulary
+    sizes; :func:`zoo.run.prepare`, which writes nothing)."""
     run, _ = prepare(config, workdir, data_dir)
     plan = [spec for spec in run.plan(0) if len(spec.indices) == spec.rows][:count]
     batches = [collate(*run.train_ids, spec.indices, spec.rows, lengths=(spec.src_len, spec.tgt_len)) for spec in plan]

@@ -1,0 +1,85 @@
+"""A run before its loop: the data read, the vocabularies made or loaded, the model built
+(:func:`prepare`, which writes nothing), and the workdir's config and vocabularies written
+(:func:`write_workdir`)."""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from zoo.checkpoint import read_config, write_or_check_config
+from zoo.config import Config
+from zoo.data.batching import BatchSpec
+from zoo.data.corpora import load_split
+from zoo.data.dataset import epoch_plan, within_max_length
+from zoo.data.pipeline import TextPipeline
+from zoo.distributed import barrier, is_main
+from zoo.errors import ZooError
+from zoo.models import build
+
+
+@dataclass
+class Run:
+    """What a run's loop needs, fixed for the run (made by :func:`prepare`)."""
+
+    config: Config
+    workdir: Path
+    train_ids: tuple[list, list]
+    val_ids: tuple[list, list]
+    model: nnx.Module
+    skipped: int = 0  # training pairs over DataConfig.max_length, left out
+
+    def plan(self, epoch: int) -> list[BatchSpec]:
+        """The epoch's batches (:func:`zoo.data.dataset.epoch_plan`)."""
+        src_lengths, tgt_lengths = ([len(s) for s in ids] for ids in self.train_ids)
+        return epoch_plan(src_lengths, tgt_lengths, self.config.train, self.config.data, epoch, jax.device_count())
+
+
+def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
+    """Read the data, make or load the vocabularies and build the model; writes nothing.
+
+    Raises:
+      ZooError: bad data files or vocabularies, a model config the model refuses, or a batch
+        (``batch_size``, which also sizes the validation batches) that does not split over the
+        devices.
+    """
+    workdir = Path(workdir).absolute()
+    d, t = config.data, config.train
+    if t.batch_size % jax.device_count():
+        raise ZooError(f"--batch-size {t.batch_size} does not split over {jax.device_count()} devices; "
+                       f"use a multiple of {jax.device_count()}")
+    train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
+    val_src, val_tgt = load_split(d.dataset, "val", d.src_lang, d.tgt_lang, data_dir)
+    if (workdir / TextPipeline.FILES[0]).exists():  # a workdir that was started before
+        saved = read_config(workdir).model
+        pipeline = TextPipeline.load(d, workdir, (saved.src_vocab_size, saved.tgt_vocab_size))
+    else:
+        pipeline = TextPipeline.build(d, train_src, train_tgt)
+    vocab_sizes = {"src_vocab_size": len(pipeline.src_vocab), "tgt_vocab_size": len(pipeline.tgt_vocab)}
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, **vocab_sizes))
+    try:
+        model = build(config.model_name, config.model, seed=t.seed)
+    except ValueError as e:
+        raise ZooError(f"model {config.model_name!r}: {e}") from None
+    train_ids, skipped = within_max_length(pipeline.encode_source(train_src), pipeline.encode_target(train_tgt), d.max_length)
+    val_ids, _ = within_max_length(pipeline.encode_source(val_src), pipeline.encode_target(val_tgt), d.max_length)
+    run = Run(config, workdir, train_ids, val_ids, model, skipped)
+    if t.batch_tokens is not None:
+        try:
+            run.plan(0)
+        except ValueError as e:
+            raise ZooError(f"--batch-tokens: {e} (rows are a multiple of 8 and of the {jax.device_count()} devices)") from None
+    return run, pipeline
+
+
+def write_workdir(run: Run, pipeline: TextPipeline) -> None:
+    """Write ``config.json`` and the vocabularies into a new workdir; in a used one, check that
+    its config is this run's (:func:`zoo.checkpoint.write_or_check_config`). Process 0 writes,
+    after every process has read the workdir (:func:`prepare`)."""
+    barrier("zoo.prepare")
+    if is_main():
+        write_or_check_config(run.workdir, run.config)
+        if not (run.workdir / TextPipeline.FILES[0]).exists():
+            pipeline.save(run.workdir)
