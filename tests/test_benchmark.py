@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from compile_options import FAST_COMPILE
 
-from zoo.bench import cli, flops, layers, runner, seq2seq, throughput
+from zoo.bench import cli, flops, layers, measure, runner, seq2seq, throughput
 from zoo.bench.fit import fit_exponent, fit_series
 from zoo.bench.measure import compile_program, memory_bytes, time_call, xla_flops
 from zoo.flops import dense_bf16_peak
@@ -193,10 +193,12 @@ def _strict_json(path):
 
 def test_quick_cli_writes_json_table_and_plots(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "QUICK", TINY)  # --quick's code path at even smaller sizes
-    peer = ["--peer", "torch", "--peer-threads", "1"] if _has_torch() else []
+    peer = ["--peer", "torch"] if _has_torch() else []
     assert cli.main(["--quick", "--out", str(tmp_path / "out"), *peer]) == 0
     out = tmp_path / "out"
     results = _strict_json(out / "scaling.json")
+    if peer:  # without --peer-threads the peer gets as many threads as JAX: every core of this process
+        assert results["setting"]["torch_threads"] == results["setting"]["host_cores"] == measure.host_threads()
     assert results["setting"]["platform"] == "cpu" and results["setting"]["dtype"] == "float32"
     assert results["preset"] == "tiny" and results["repeats"] == 5
     rows = results["seq2seq"]["measurements"]

@@ -43,7 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--out", default="benchmark-results", help="output folder (default: benchmark-results)")
     p.add_argument("--peer", choices=PEERS, help="time the same layers in this framework, in the same run")
-    p.add_argument("--peer-threads", type=int, default=None, help="the peer's intra-op threads (default: its own default)")
+    p.add_argument("--peer-threads", type=int, default=None,
+                   help="the peer's intra-op threads (default on a CPU: as many as JAX uses, every core of this process)")
     p.add_argument("--repeats", type=int, default=None, help=f"timed runs per figure, >= {MIN_REPEATS} (default: the preset's)")
     return p.parse_args(argv)
 
@@ -65,13 +66,15 @@ def main(argv=None) -> int:
             raise ZooError(f"--out {out}: exists and is not a folder")
         from dataclasses import replace
 
-        from zoo.bench.measure import pick_device
+        from zoo.bench.measure import host_threads, pick_device
         from zoo.bench.peer_torch import PeerUnavailable
 
         try:
             device = pick_device(args.device)
         except RuntimeError as e:
             raise ZooError(f"--device {args.device}: {e}") from None
+        if args.peer and args.peer_threads is None and device.platform == "cpu":
+            args.peer_threads = host_threads()  # equal threads: XLA's CPU backend uses every core
         preset = QUICK if args.quick else full_preset(device)
         if args.repeats is not None:
             preset = replace(preset, repeats=args.repeats)

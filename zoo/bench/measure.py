@@ -132,7 +132,13 @@ def run_setting(device, dtype: str) -> dict:
     return {"device": str(device), "platform": device.platform, "device_kind": device.device_kind,
             "dtype": dtype, "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
             "numpy": np.__version__, "python": sys.version.split()[0], "host_cpu": _cpu_name(),
-            "host_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+            "host_cores": host_threads()}
+
+
+def host_threads() -> int:
+    """The cores this process may run on: the threads XLA's CPU backend uses for one program, and
+    what a peer framework gets by default so that a comparison is at equal threads."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _cpu_name() -> str:

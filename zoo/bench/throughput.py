@@ -319,7 +319,8 @@ def throughput_table(results: dict) -> str:
     """The printed table: one line per model, then the targets."""
     s = results["setting"]
     lines = [f"training throughput on {s['device_kind']} ({s['dtype']}), peak {s['peak_flops'] / 1e9:.1f} GFLOP/s, "
-             f"corpus {results['corpus']['source']}",
+             f"corpus {results['corpus']['source']}, JAX on {s['host_cores']} host threads"
+             + (f", torch {s['torch']} on {s['torch_threads']}" if "torch" in s else ""),
              f"{'model':<17} {'params':>8} {'batch':>9} {'loop tok/s':>10} {'step tok/s':>10} {'host':>6} {'step ms':>8} "
              f"{'MFLOP/tok':>9} {'XLA':>7} {'MFU':>6} {'compile s':>9} {'mem MB':>7} {'torch tok/s':>11} {'loop/torch':>10}"]
     for r in results["rows"]:
