@@ -38,11 +38,11 @@ def time_step(model_name: str, batch_size: int, tokens: int, repeats: int, warmu
     import jax.numpy as jnp
     import numpy as np
 
-    from zoo.config import MODEL_CONFIGS, TrainConfig
-    from zoo.models import build
+    from zoo.config import TrainConfig
+    from zoo.models import MODELS, build
     from zoo.training import init_state, make_optimizer, make_train_step
 
-    config = MODEL_CONFIGS[model_name]()
+    config = MODELS[model_name].config()
     model = build(model_name, config)
     tx = make_optimizer(TrainConfig())
     graphdef, state = init_state(model, tx)

@@ -234,7 +234,7 @@ def workdir(tmp_path_factory):
     pipeline = TextPipeline(Tokenizer("de", True), Tokenizer("en", True),
                             Vocab([*SPECIALS, "ein", "mann", "läuft", "hund", "katze", "."]),
                             Vocab([*SPECIALS, "a", "man", "runs", "dog", "."]))
-    write_or_check_config(workdir, Config("bahdanau", TINY, data, TrainConfig()))
+    write_or_check_config(workdir, Config(model_name="bahdanau", model=TINY, data=data, train=TrainConfig()))
     pipeline.save(workdir)
     rng = np.random.default_rng(0)  # random parameters: a real initialisation compiles for seconds
     params = jax.tree.map(lambda x: rng.normal(0.0, 0.5, x.shape).astype(x.dtype),

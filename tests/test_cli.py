@@ -18,8 +18,8 @@ from zoo.errors import ZooError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = ["--set", "embed_dim=8", "--set", "hidden_dim=8", "--set", "attention_dim=8", "--set", "maxout_dim=8",
-        "--min-freq", "1", "--batch-size", "8", "--no-progress"]
+TINY = ["--model.embed-dim", "8", "--model.hidden-dim", "8", "--model.attention-dim", "8", "--model.maxout-dim", "8",
+        "--data.min-freq", "1", "--train.batch-size", "8", "--no-progress"]
 
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     data = write_tiny_multi30k(tmp_path_factory.mktemp("data"))
     workdir = tmp_path_factory.mktemp("runs") / "tiny"
     with jax.numpy_dtype_promotion("standard"):
-        assert train.main(["--workdir", str(workdir), "--data-dir", str(data), "--max-steps", "3", *TINY]) == 0
+        assert train.main(["--workdir", str(workdir), "--data-dir", str(data), "--train.max-steps", "3", *TINY]) == 0
     return data, workdir
 
 
@@ -110,7 +110,7 @@ def test_train_bad_data_fails_in_one_line_and_keeps_the_workdir(trained, tmp_pat
     shutil.copytree(data, broken)
     damage(broken)
     before = snapshot(workdir)
-    code = train.main(["--workdir", str(workdir), "--data-dir", str(broken), "--max-steps", "6", *TINY])
+    code = train.main(["--workdir", str(workdir), "--data-dir", str(broken), "--train.max-steps", "6", *TINY])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("train.py: error: ") and re.search(message, err), err
@@ -118,7 +118,7 @@ def test_train_bad_data_fails_in_one_line_and_keeps_the_workdir(trained, tmp_pat
 
 
 def test_train_bad_flag_value(tmp_path, capsys):
-    assert train.main(["--workdir", str(tmp_path / "w"), "--set", "hidden_dim=big"]) == 2
+    assert train.main(["--workdir", str(tmp_path / "w"), "--model.hidden-dim", "big"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and re.search(r"--model\.hidden-dim: invalid literal for int\(\).*'big'", err)
     assert not (tmp_path / "w").exists()
@@ -127,20 +127,22 @@ def test_train_bad_flag_value(tmp_path, capsys):
 def test_train_refused_model_config_writes_nothing(trained, tmp_path, capsys):
     data, _ = trained
     workdir = tmp_path / "w"
-    code = train.main(["--workdir", str(workdir), "--data-dir", str(data), "--model", "luong", "--set", "score=cosin",
-                       "--max-steps", "1"])
+    code = train.main(["--workdir", str(workdir), "--data-dir", str(data), "--model", "luong", "--model.score", "cosin",
+                       "--train.max-steps", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "unknown attention score 'cosin'" in err and "cosine" in err
+    assert err == "train.py: error: --model.score 'cosin': choose from additive, dot, general, scaled_dot, cosine, mlp"
     assert not workdir.exists() or not any(workdir.iterdir())  # no config.json to block a corrected rerun
 
 
-def test_train_set_parses_booleans(capsys):
-    config, _ = train.parse_args(["--workdir", "w", "--model", "luong", "--set", "input_feeding=False",
-                                  "--set", "hard_attention=yes"])
+def test_train_boolean_flags(capsys):
+    config, _ = train.parse_args(["--workdir", "w", "--model", "luong", "--model.no-input-feeding", "--model.hard-attention"])
     assert (config.model.input_feeding, config.model.hard_attention) == (False, True)
-    assert train.main(["--workdir", "unused", "--model", "luong", "--set", "hard_attention=maybe"]) == 2
-    assert "'maybe' is not a bool" in capsys.readouterr().err
+    config, _ = train.parse_args(["--workdir", "w", "--model", "luong"])
+    assert (config.model.input_feeding, config.model.hard_attention) == (True, False)
+    assert train.main(["--workdir", "unused", "--model", "luong", "--model.hard-attention", "maybe"]) == 2
+    err = capsys.readouterr().err
+    assert err == "train.py: error: unexpected value 'maybe' (see train.py --help)\n"
 
 
 def test_evaluate_plot_attention_refuses_a_model_without_attention(tmp_path, capsys):
@@ -148,7 +150,7 @@ def test_evaluate_plot_attention_refuses_a_model_without_attention(tmp_path, cap
     from zoo.config import Config, SutskeverConfig
 
     workdir = tmp_path / "w"
-    write_or_check_config(workdir, Config("sutskever", SutskeverConfig()))
+    write_or_check_config(workdir, Config(model_name="sutskever", model=SutskeverConfig()))
     before = snapshot(workdir)
     code = evaluate.main(["--workdir", str(workdir), "--plot-attention", str(tmp_path / "a.png")])
     err = capsys.readouterr().err.strip()
@@ -159,11 +161,11 @@ def test_evaluate_plot_attention_refuses_a_model_without_attention(tmp_path, cap
 def test_transformer_trains_and_plots_one_panel_per_head(trained, tmp_path, capsys):
     data, _ = trained
     workdir, png = tmp_path / "transformer", tmp_path / "heads.png"
-    tiny = ["--set", "d_model=8", "--set", "num_heads=2", "--set", "d_ff=8", "--set", "num_encoder_layers=1",
-            "--set", "num_decoder_layers=2", "--set", "max_length=40", "--min-freq", "1", "--batch-size", "8",
+    tiny = ["--model.d-model", "8", "--model.num-heads", "2", "--model.d-ff", "8", "--model.num-encoder-layers", "1",
+            "--model.num-decoder-layers", "2", "--model.max-length", "40", "--data.min-freq", "1", "--train.batch-size", "8",
             "--no-progress"]
-    assert train.main(["--workdir", str(workdir), "--data-dir", str(data), "--model", "transformer", "--max-steps", "2",
-                       "--warmup-steps", "2", "--label-smoothing", "0.1", *tiny]) == 0
+    assert train.main(["--workdir", str(workdir), "--data-dir", str(data), "--model", "transformer", "--train.max-steps", "2",
+                       "--train.warmup-steps", "2", "--train.label-smoothing", "0.1", *tiny]) == 0
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["label_smoothing"] == 0.1 and config["train"]["warmup_steps"] == 2
     before = snapshot(workdir)
@@ -177,8 +179,8 @@ def test_transformer_trains_and_plots_one_panel_per_head(trained, tmp_path, caps
     assert snapshot(workdir) == before
 
 
-@pytest.mark.parametrize("flag, value, message", [("--label-smoothing", "1.0", "must be in \\[0, 1\\)"),
-                                                  ("--warmup-steps", "-1", "must be at least 0")])
+@pytest.mark.parametrize("flag, value, message", [("--train.label-smoothing", "1.0", "must be in \\[0, 1\\)"),
+                                                  ("--train.warmup-steps", "-1", "must be at least 0")])
 def test_train_refuses_bad_schedule_and_smoothing(tmp_path, capsys, flag, value, message):
     assert train.main(["--workdir", str(tmp_path / "w"), flag, value]) == 2
     err = capsys.readouterr().err.strip()
@@ -193,7 +195,7 @@ def test_a_second_identical_run_compiles_nothing(tmp_path):
     counts = []
     for name in ("first", "second"):
         args = [sys.executable, str(ROOT / "train.py"), "--workdir", str(tmp_path / name), "--data-dir", str(data),
-                "--max-steps", "2", *TINY]
+                "--train.max-steps", "2", *TINY]
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
         counts.append(tuple(map(int, re.search(r"XLA: (\d+) programs compiled, (\d+) from the cache", done.stdout).groups())))
@@ -203,14 +205,15 @@ def test_a_second_identical_run_compiles_nothing(tmp_path):
 
 
 def test_help_lists_every_config_field(capsys):
-    from zoo.config import MODEL_CONFIGS, DataConfig, TrainConfig
+    from zoo.config import DataConfig, TrainConfig
+    from zoo.models import MODELS
 
     for model in ("transformer", "luong"):
         with pytest.raises(SystemExit) as exit_:
             train.main(["--model", model, "--help"])
         assert exit_.value.code == 0
         text = capsys.readouterr().out
-        for section, cls in (("model", MODEL_CONFIGS[model]), ("data", DataConfig), ("train", TrainConfig)):
+        for section, cls in (("model", MODELS[model].config), ("data", DataConfig), ("train", TrainConfig)):
             for f in dataclasses.fields(cls):
                 assert f"--{section}.{f.name.replace('_', '-')}" in text or f"--{section}.no-{f.name.replace('_', '-')}" in text
 
@@ -232,25 +235,54 @@ def test_a_bad_value_is_refused_alike_by_the_cli_the_api_and_config_json(tmp_pat
         read_config(tmp_path)
 
 
-def test_old_flags_keep_working_and_a_config_file_sets_every_field(tmp_path):
-    config, run = train.parse_args(["--workdir", "w", "--epochs", "3", "--set", "hidden_dim=64", "--no-lowercase",
-                                    "--min-freq", "1", "--no-progress"])
-    assert (config.train.epochs, config.model.hidden_dim, config.data.lowercase, config.data.min_freq) == (3, 64, False, 1)
-    assert run.workdir == "w" and run.progress is False
+@pytest.mark.parametrize("argv, line", [
+    (["--epochs", "3"], "--epochs: now spelled --train.epochs"),
+    (["--learning-rate=1e-3"], "--learning-rate: now spelled --train.learning-rate"),
+    (["--batch-size", "8"], "--batch-size: now spelled --train.batch-size"),
+    (["--dataset", "tatoeba"], "--dataset: now spelled --data.dataset"),
+    (["--no-lowercase"], "--no-lowercase: now spelled --data.no-lowercase"),
+    (["--set", "hidden_dim=64"], "--set: set a model field as --model.FIELD VALUE (e.g. --model.hidden-dim 256)"),
+    (["--model", "transformer", "--max-length", "9"], "--max-length: now spelled --model.max-length or --data.max-length"),
+    (["--hidden-dim", "8"], "--hidden-dim: now spelled --model.hidden-dim"),
+    (["--bogus"], "--bogus: unrecognized (see train.py --help)"),
+    (["--model"], "argument --model: expected one argument"),
+    (["--model", "rnn"], "--model 'rnn': choose from bahdanau, cho, convs2s, luong, sutskever, transformer"),
+    (["--train.epochs"], "--train.epochs: expected a value"),
+])
+def test_old_spellings_and_bad_flags_are_refused_in_one_line(tmp_path, capsys, argv, line):
+    assert train.main(["--workdir", str(tmp_path / "w"), *argv]) == 2
+    assert capsys.readouterr().err == f"train.py: error: {line}\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_workdir_is_required(capsys):
+    assert train.main(["--train.epochs", "3"]) == 2
+    assert capsys.readouterr().err == "train.py: error: --workdir: required\n"
+
+
+def test_a_config_file_sets_every_field_and_flags_override_it(tmp_path):
     (tmp_path / "c.yaml").write_text("model_name: luong\nmodel: {hidden_dim: 32}\ndata: {min_freq: 3}\ntrain: {epochs: 2}\n")
     config, _ = train.parse_args(["--config", str(tmp_path / "c.yaml"), "--workdir", "w", "--train.epochs", "5"])
     assert (config.model_name, config.model.hidden_dim, config.data.min_freq, config.train.epochs) == ("luong", 32, 3, 5)
+    config, _ = train.parse_args(["--config", str(tmp_path / "c.yaml"), "--model", "cho", "--workdir", "w"])
+    assert (config.model_name, config.model.hidden_dim, config.data.min_freq, config.train.epochs) == ("cho", 512, 3, 2)
+    (tmp_path / "bad.yaml").write_text("model_name: luong\nmodel: {hiden_dim: 32}\n")
+    with pytest.raises(ZooError, match=r"^--config \S+bad.yaml: model.hiden_dim is not a known field"):
+        train.parse_args(["--config", str(tmp_path / "bad.yaml"), "--workdir", "w"])
+    with pytest.raises(ZooError, match=r"^--config \S+none.yaml: FileNotFoundError"):
+        train.parse_args(["--config", str(tmp_path / "none.yaml"), "--workdir", "w"])
 
 
 def test_model_flag_defaults_to_its_results_recipe_and_flags_override_it():
-    from zoo.config import MODEL_CONFIGS, RECIPES, TrainConfig
+    from zoo.config import SutskeverConfig, TrainConfig, TransformerConfig
+    from zoo.models import RECIPES
 
     config, _ = train.parse_args(["--model", "transformer", "--workdir", "w"])
     recipe = RECIPES["transformer"]
-    assert config.model == MODEL_CONFIGS["transformer"](**recipe["model"])
+    assert config.model == TransformerConfig(**recipe["model"])
     assert config.train == TrainConfig(**recipe["train"])
     assert (config.model.dropout, config.train.warmup_steps, config.train.label_smoothing) == (0.3, 400, 0.1)
     config, _ = train.parse_args(["--model", "transformer", "--workdir", "w", "--model.dropout", "0.1", "--train.epochs", "2"])
     assert (config.model.dropout, config.train.epochs, config.train.warmup_steps) == (0.1, 2, 400)
     config, _ = train.parse_args(["--model", "sutskever", "--workdir", "w"])  # no recipe: the dataclass defaults
-    assert config.model == MODEL_CONFIGS["sutskever"]() and config.train == TrainConfig()
+    assert config.model == SutskeverConfig() and config.train == TrainConfig()

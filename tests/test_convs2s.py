@@ -129,7 +129,7 @@ def test_build_and_registry():
     attention = LAYERS * (H * E + E + E * H + H)
     count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert count == embeddings + linears + convs + attention
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(ValueError, match="^ConvS2SConfig.kernel_size=4: must be odd"):
         zoo.build("convs2s", kernel_size=4, embed_dim=E, hidden_dim=H)
 
 

@@ -36,15 +36,17 @@ TINY_TRAIN = dict(epochs=3, batch_size=8, learning_rate=1e-2, checkpoint_every=2
 
 
 def tiny_config(**train_overrides) -> Config:
-    return Config("bahdanau", TINY_MODEL, DataConfig(min_freq=1), TrainConfig(**{**TINY_TRAIN, **train_overrides}))
+    return Config(model_name="bahdanau", model=TINY_MODEL, data=DataConfig(min_freq=1),
+                  train=TrainConfig(**{**TINY_TRAIN, **train_overrides}))
 
 
 def tiny_cli_args(workdir, data_dir, max_steps: int) -> list[str]:
     """train.py's arguments for :func:`tiny_config`."""
     sets = [arg for name in ("embed_dim", "hidden_dim", "attention_dim", "maxout_dim", "dropout")
-            for arg in ("--set", f"{name}={getattr(TINY_MODEL, name)}")]
-    return ["--model", "bahdanau", *sets, "--min-freq", "1", "--epochs", "3", "--batch-size", "8", "--learning-rate", "1e-2",
-            "--checkpoint-every", "2", "--max-steps", str(max_steps), "--workdir", str(workdir), "--data-dir", str(data_dir),
+            for arg in (f"--model.{name.replace('_', '-')}", str(getattr(TINY_MODEL, name)))]
+    return ["--model", "bahdanau", *sets, "--data.min-freq", "1", "--train.epochs", "3", "--train.batch-size", "8",
+            "--train.learning-rate", "1e-2", "--train.checkpoint-every", "2", "--train.max-steps", str(max_steps),
+            "--workdir", str(workdir), "--data-dir", str(data_dir),
             "--no-progress", "--compilation-cache", "off"]
 
 

@@ -16,8 +16,8 @@ from corpus import write_tiny_multi30k
 from zoo.cli import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--set", "embed_dim=8", "--set", "hidden_dim=8", "--set", "attention_dim=8", "--set", "maxout_dim=8",
-        "--min-freq", "1", "--batch-size", "8", "--no-progress"]
+TINY = ["--model.embed-dim", "8", "--model.hidden-dim", "8", "--model.attention-dim", "8", "--model.maxout-dim", "8",
+        "--data.min-freq", "1", "--train.batch-size", "8", "--no-progress"]
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
@@ -35,14 +35,14 @@ def step_losses(workdir: Path) -> list:
 def reference(data, tmp_path_factory) -> tuple[Path, Path]:
     """An uninterrupted run of 150 steps (60 an epoch), and the compilation cache the runs share."""
     root = tmp_path_factory.mktemp("reference")
-    full = start(root / "full", data, root / "cache", "--max-steps", "150")
+    full = start(root / "full", data, root / "cache", "--train.max-steps", "150")
     assert full.wait(timeout=300) == 0, full.stderr.read()
     return root / "full", root / "cache"
 
 
 def start(workdir: Path, data: Path, cache: Path, *extra: str) -> subprocess.Popen:
     args = [sys.executable, str(ROOT / "train.py"), "--workdir", str(workdir), "--data-dir", str(data), *TINY,
-            "--log-every", "1", "--checkpoint-every", "1000", *extra]
+            "--train.log-every", "1", "--train.checkpoint-every", "1000", *extra]
     return subprocess.Popen(args, env={**os.environ, "ZOO_COMPILATION_CACHE": str(cache)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -51,7 +51,7 @@ def start(workdir: Path, data: Path, cache: Path, *extra: str) -> subprocess.Pop
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_the_current_step_and_the_rerun_continues_bit_for_bit(tmp_path, data, reference, signum):
     (full, cache), workdir = reference, tmp_path / "run"
-    run = start(workdir, data, cache, "--max-steps", "150")
+    run = start(workdir, data, cache, "--train.max-steps", "150")
     deadline = time.time() + 300
     while not (workdir / "metrics.jsonl").exists() or len(step_losses(workdir)) < 3:  # in the loop, past compilation
         assert run.poll() is None and time.time() < deadline, run.stderr.read()
@@ -68,15 +68,15 @@ def test_a_signal_saves_the_current_step_and_the_rerun_continues_bit_for_bit(tmp
     assert [s for s, _ in step_losses(workdir)] == list(range(1, saved + 1))
     assert step_losses(workdir) == step_losses(full)[:saved]
     if signum == signal.SIGTERM:  # (the rerun after SIGINT is the same code path)
-        rerun = start(workdir, data, cache, "--max-steps", "150")
+        rerun = start(workdir, data, cache, "--train.max-steps", "150")
         assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
         assert step_losses(workdir) == step_losses(full)  # bit for bit
 
 
 def test_a_diverging_run_stops_naming_the_step_and_saves_nothing_non_finite(tmp_path, data, capsys):
     workdir = tmp_path / "w"
-    code = train.main(["--workdir", str(workdir), "--data-dir", str(data), *TINY, "--learning-rate", "1e30",
-                       "--checkpoint-every", "2", "--log-every", "1", "--max-steps", "20"])
+    code = train.main(["--workdir", str(workdir), "--data-dir", str(data), *TINY, "--train.learning-rate", "1e30",
+                       "--train.checkpoint-every", "2", "--train.log-every", "1", "--train.max-steps", "20"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "loss is nan" in err or "grad_norm is nan" in err or " is inf" in err
@@ -87,13 +87,13 @@ def test_a_diverging_run_stops_naming_the_step_and_saves_nothing_non_finite(tmp_
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "0"], "TrainConfig.batch_size=0: must be at least 1"),
-    (["--checkpoint-every", "0"], "TrainConfig.checkpoint_every=0: must be at least 1"),
-    (["--seed", "-1"], "TrainConfig.seed=-1: must be at least 0"),
-    (["--max-steps", "0"], "TrainConfig.max_steps=0: must be at least 1"),
-    (["--epochs", "-1"], "TrainConfig.epochs=-1: must be at least 1"),
-    (["--learning-rate", "nan"], "TrainConfig.learning_rate=nan: must be a finite number > 0"),
-    (["--batch-size", "6"], "--batch-size 6 does not split over 4 devices"),
+    (["--train.batch-size", "0"], "TrainConfig.batch_size=0: must be at least 1"),
+    (["--train.checkpoint-every", "0"], "TrainConfig.checkpoint_every=0: must be at least 1"),
+    (["--train.seed", "-1"], "TrainConfig.seed=-1: must be at least 0"),
+    (["--train.max-steps", "0"], "TrainConfig.max_steps=0: must be at least 1"),
+    (["--train.epochs", "-1"], "TrainConfig.epochs=-1: must be at least 1"),
+    (["--train.learning-rate", "nan"], "TrainConfig.learning_rate=nan: must be a finite number > 0"),
+    (["--train.batch-size", "6"], "--batch-size 6 does not split over 4 devices"),
 ])
 def test_bad_flags_are_refused_before_anything_is_written(tmp_path, data, capsys, flags, message):
     workdir = tmp_path / "w"
@@ -106,7 +106,7 @@ def test_bad_flags_are_refused_before_anything_is_written(tmp_path, data, capsys
 @pytest.mark.slow
 def test_a_second_trainer_is_refused_and_kill_9_leaves_a_resumable_workdir(tmp_path, data, reference, capsys):
     (full, cache), workdir = reference, tmp_path / "run"
-    flags = ["--max-steps", "150", "--checkpoint-every", "7"]  # the checkpoints do not change the losses
+    flags = ["--train.max-steps", "150", "--train.checkpoint-every", "7"]  # the checkpoints do not change the losses
     run = start(workdir, data, cache, *flags)
     deadline = time.time() + 300
     while not (workdir / "metrics.jsonl").exists() or len(step_losses(workdir)) < 10:

@@ -11,15 +11,8 @@ import pytest
 from compile_options import FAST_COMPILE
 from flax import nnx
 
-from zoo.models.labelling import (
-    ClassifierConfig,
-    SequenceClassifier,
-    SequenceTagger,
-    TaggerConfig,
-    classification_nll,
-    tagging_correct,
-    tagging_nll,
-)
+from zoo.config import ClassifierConfig, TaggerConfig
+from zoo.models.labelling import SequenceClassifier, SequenceTagger, classification_nll, tagging_correct, tagging_nll
 
 VOCAB = 10
 MAX_LEN = 12
@@ -32,7 +25,8 @@ TAGS, CLASSES = 3, 2
 def small(config_cls, **overrides):
     """One size for every test (E = H = 16, 3 tags, 2 classes): each parameter shape then has
     its (eager) initialisers compiled once for the whole file."""
-    return config_cls(VOCAB, TAGS if config_cls is TaggerConfig else CLASSES, **{"embed_dim": 16, "hidden_dim": 16, **overrides})
+    size = {"num_tags": TAGS} if config_cls is TaggerConfig else {"num_classes": CLASSES}
+    return config_cls(**{"vocab_size": VOCAB, **size, "embed_dim": 16, "hidden_dim": 16, **overrides})
 
 
 # --- generated tasks -------------------------------------------------------------------------
@@ -265,11 +259,18 @@ def test_tagging_helpers_ignore_padding():
     assert (float(n), float(correct), float(count)) == (2.0, 1.0, 2.0)
 
 
-@pytest.mark.parametrize("bad", [{"cell": "transformer"}, {"num_layers": 0}, {"dropout": 1.0}, {"hidden_dim": 0}])
+@pytest.mark.parametrize("bad, message", [({"cell": "transformer"}, r"cell='transformer': must be one of rnn, lstm, gru"),
+                                          ({"num_layers": 0}, r"num_layers=0: must be at least 1"),
+                                          ({"dropout": 1.0}, r"dropout=1\.0: must be in \[0, 1\)"),
+                                          ({"hidden_dim": 0}, r"hidden_dim=0: must be at least 1"),
+                                          ({"vocab_size": 0}, r"vocab_size=0: must be at least 1")])
 @pytest.mark.parametrize("config_cls", [TaggerConfig, ClassifierConfig])
-def test_config_validation(config_cls, bad):
-    with pytest.raises(ValueError):
+def test_config_validation(config_cls, bad, message):
+    with pytest.raises(ValueError, match=f"^{config_cls.__name__}.{message}"):
         small(config_cls, **bad)
+    out = "num_tags" if config_cls is TaggerConfig else "num_classes"
+    with pytest.raises(ValueError, match=f"^{config_cls.__name__}.{out}=0: must be at least 1"):
+        small(config_cls, **{out: 0})
 
 
 def test_configs_are_frozen_and_not_seq2seq_models():
@@ -278,4 +279,4 @@ def test_configs_are_frozen_and_not_seq2seq_models():
         config.cell = "gru"
     assert (config.cell, config.num_layers, config.bidirectional, config.dropout) == ("lstm", 1, True, 0.0)
     from zoo.models import MODELS
-    assert not {SequenceTagger, SequenceClassifier} & set(MODELS.values())
+    assert not {SequenceTagger, SequenceClassifier} & {architecture.model for architecture in MODELS.values()}

@@ -248,5 +248,5 @@ def test_luong_decoder_init_zeros_hears_the_source_only_through_attention(name, 
     with jax.disable_jit():
         gap = max(float(jnp.abs(a - b).max()) for a, b in zip(first_carries(SRC), first_carries(SRC[::-1] + 1)))
     assert gap == 0.0 if same else gap > 1e-4
-    with pytest.raises(ValueError, match="unknown decoder_init 'last'"):
+    with pytest.raises(ValueError, match="LuongConfig.decoder_init='last': must be one of encoder, zeros"):
         models.build("luong", decoder_init="last")

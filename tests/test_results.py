@@ -14,8 +14,8 @@ from zoo.results import format_params, format_wall, regenerate, training_facts
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
-TINY = ["--set", "embed_dim=8", "--set", "hidden_dim=8", "--set", "attention_dim=8", "--set", "maxout_dim=8",
-        "--min-freq", "1", "--batch-size", "8", "--log-every", "2", "--no-progress"]
+TINY = ["--model.embed-dim", "8", "--model.hidden-dim", "8", "--model.attention-dim", "8", "--model.maxout-dim", "8",
+        "--data.min-freq", "1", "--train.batch-size", "8", "--train.log-every", "2", "--no-progress"]
 BEFORE = "# Results\n\nProse quoting a marker, <!-- results:recurrent -->, is not one.\n\n"
 AFTER = "\n\nProse after, kept as it is.\n"
 HEADER = ["| model | params | epochs | test2016 BLEU lc-tok | BLEU cased detok | PPL free-running | PPL teacher-forced "
@@ -141,7 +141,7 @@ def test_training_facts_add_up_the_segments(tmp_path):
 def test_all_evaluates_a_real_workdir(tmp_path):
     data = write_tiny_multi30k(tmp_path / "data")
     workdir = tmp_path / "runs" / "tiny"
-    argv = ["--workdir", str(workdir), "--data-dir", str(data), "--epochs", "1", *TINY]
+    argv = ["--workdir", str(workdir), "--data-dir", str(data), "--train.epochs", "1", *TINY]
     with jax.numpy_dtype_promotion("standard"):
         assert train.main(argv) == 0
     gone = entry("gone")

@@ -39,7 +39,7 @@ TINY_MODEL = BahdanauConfig(embed_dim=8, hidden_dim=16, attention_dim=8, maxout_
 def tiny_config(**train_overrides) -> Config:
     train_config = dict(epochs=3, batch_size=8, learning_rate=1e-2, checkpoint_every=2)
     train_config.update(train_overrides)
-    return Config("bahdanau", TINY_MODEL, DataConfig(min_freq=1), TrainConfig(**train_config))
+    return Config(model_name="bahdanau", model=TINY_MODEL, data=DataConfig(min_freq=1), train=TrainConfig(**train_config))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def saved_workdir(tmp_path_factory, pipeline_and_batch):
     """A workdir with an untrained model's state saved at step 0, and its Translator."""
     pipeline, model_config, _ = pipeline_and_batch
     workdir = tmp_path_factory.mktemp("saved")
-    config = Config("bahdanau", model_config, DataConfig(min_freq=1), TrainConfig())
+    config = Config(model_name="bahdanau", model=model_config, data=DataConfig(min_freq=1), train=TrainConfig())
     write_or_check_config(workdir, config)
     pipeline.save(workdir)
     graphdef, state = init_state(build("bahdanau", model_config, seed=3), make_optimizer(config.train))
@@ -154,7 +154,7 @@ def test_restoring_into_another_config_names_parameter_and_shapes(saved_workdir,
 def test_workdir_refuses_another_config(tmp_path, data_dir):
     train(tiny_config(max_steps=1), tmp_path, data_dir, progress=False)
     before = (tmp_path / "config.json").read_text()
-    bigger = Config("bahdanau", dataclasses.replace(TINY_MODEL, hidden_dim=32), DataConfig(min_freq=1), tiny_config().train)
+    bigger = dataclasses.replace(tiny_config(), model=dataclasses.replace(TINY_MODEL, hidden_dim=32))
     with pytest.raises(ZooError, match=r"model\.hidden_dim=16, not 32"):
         train(bigger, tmp_path, data_dir, progress=False)
     assert (tmp_path / "config.json").read_text() == before
@@ -188,7 +188,7 @@ def test_save_load_models_with_layer_lists(name, pipeline_and_batch, tmp_path):
     model_config = zoo.build(name).config.__class__(
         src_vocab_size=len(pipeline.src_vocab), tgt_vocab_size=len(pipeline.tgt_vocab), embed_dim=8, hidden_dim=8,
         num_layers=2)
-    config = Config(name, model_config, DataConfig(min_freq=1), TrainConfig())
+    config = Config(model_name=name, model=model_config, data=DataConfig(min_freq=1), train=TrainConfig())
     write_or_check_config(tmp_path, config)
     pipeline.save(tmp_path)
     _, state = init_state(build(name, model_config, seed=5), make_optimizer(config.train))

@@ -47,8 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig
+from zoo.config import Config, DataConfig, TrainConfig
 from zoo.errors import ZooError, read_json, write_text
+from zoo.models import MODELS
 
 CONFIG_FILE = "config.json"
 RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "fsdp"}  # may change when resuming a workdir
@@ -68,18 +69,49 @@ class _NoOrbaxTracebacks(logging.Filter):
 logging.getLogger("absl").addFilter(_NoOrbaxTracebacks())
 
 
-def _check_keys(path, section: str, raw, expected: set) -> None:
-    """Raise naming the first unknown key of one section of ``config.json``. A missing key takes
-    its default: workdirs written before a field existed still load."""
+def _check_keys(source, section: str, raw, expected: set) -> None:
+    """Raise naming the first unknown key of one section of a config. A missing key takes its
+    default: workdirs written before a field existed still load."""
     if not isinstance(raw, dict):
-        raise ZooError(f"{path}: {section} must be a JSON object, not {type(raw).__name__}")
+        raise ZooError(f"{source}: {section or 'the config'} must be a mapping, not {type(raw).__name__}")
     unknown = set(raw) - expected
     if unknown:
-        raise ZooError(f"{path}: {section}{sorted(unknown)[0]} is not a known field; truncated or hand-edited?")
+        raise ZooError(f"{source}: {section}{sorted(unknown)[0]} is not a known field; truncated or hand-edited?")
+
+
+def config_from_dict(raw, source) -> Config:
+    """The :class:`~zoo.config.Config` of a mapping laid out as a workdir's ``config.json``
+    (``model_name``, and ``model``, ``data``, ``train`` whose missing fields take their defaults): the one
+    reader of stored configs, for ``config.json`` and for ``train.py --config FILE``.
+
+    Args:
+      raw: the parsed JSON or YAML. source: the file it came from, named in errors.
+
+    Raises:
+      ZooError: not a mapping, an unknown key or field, no or an unknown model, or a value the config
+        refuses; naming ``source`` (and the field).
+
+    Examples:
+      >>> config_from_dict({"model_name": "luong", "model": {"hidden_dim": 64}}, "c.json").model.hidden_dim
+      64
+    """
+    _check_keys(source, "", raw, {"model_name", "model", "data", "train"})
+    if "model_name" not in raw:
+        raise ZooError(f"{source}: no model_name (one of {', '.join(sorted(MODELS))})")
+    name = raw["model_name"]
+    if name not in MODELS:
+        raise ZooError(f"{source}: model_name {name!r} is not one of {', '.join(sorted(MODELS))}")
+    sections = {"model": MODELS[name].config, "data": DataConfig, "train": TrainConfig}
+    for section, cls in sections.items():
+        _check_keys(source, f"{section}.", raw.get(section, {}), {f.name for f in dataclasses.fields(cls)})
+    try:
+        return Config(model_name=name, **{section: cls(**raw.get(section, {})) for section, cls in sections.items()})
+    except (TypeError, ValueError) as e:
+        raise ZooError(f"{source}: {e}") from None
 
 
 def read_config(workdir) -> Config:
-    """The workdir's ``config.json``.
+    """The workdir's ``config.json`` (:func:`config_from_dict`).
 
     Raises:
       ZooError: no such file, not JSON, an unknown field, an unknown model or a value
@@ -88,16 +120,23 @@ def read_config(workdir) -> Config:
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise ZooError(f"{path}: no such file; is {workdir} a zoo workdir?")
-    raw = read_json(path)
-    _check_keys(path, "", raw, {"model_name", "model", "data", "train"})
-    if raw["model_name"] not in MODEL_CONFIGS:
-        raise ZooError(f"{path}: model_name {raw['model_name']!r} is not one of {', '.join(sorted(MODEL_CONFIGS))}")
-    for section, cls in (("model", MODEL_CONFIGS[raw["model_name"]]), ("data", DataConfig), ("train", TrainConfig)):
-        _check_keys(path, f"{section}.", raw[section], {f.name for f in dataclasses.fields(cls)})
-    try:
-        return Config.from_json(json.dumps(raw))
-    except (TypeError, ValueError) as e:
-        raise ZooError(f"{path}: {e}") from None
+    return config_from_dict(read_json(path), path)
+
+
+def config_difference(saved: Config, wanted: Config, ignore=()) -> tuple[str, object, object] | None:
+    """The first field in which two configs differ, as ``(name, saved value, wanted value)`` with
+    ``name`` like ``"model_name"`` or ``"train.epochs"``; None if they agree. The fields a resumed
+    run may change (:data:`RESUMABLE_FIELDS`) and the names in ``ignore`` are not compared."""
+    if saved.model_name != wanted.model_name:
+        return "model_name", saved.model_name, wanted.model_name
+    for section in ("model", "data", "train"):
+        old, new = getattr(saved, section), getattr(wanted, section)
+        for f in dataclasses.fields(old):
+            name = f"{section}.{f.name}"
+            a, b = getattr(old, f.name), getattr(new, f.name)
+            if a != b and name not in ignore and not (section == "train" and f.name in RESUMABLE_FIELDS):
+                return name, a, b
+    return None
 
 
 def write_or_check_config(workdir, config: Config) -> None:
@@ -110,17 +149,10 @@ def write_or_check_config(workdir, config: Config) -> None:
     """
     path = Path(workdir) / CONFIG_FILE
     if path.exists():
-        saved = read_config(workdir)
-        for section in ("model_name", "model", "data", "train"):
-            old, new = getattr(saved, section), getattr(config, section)
-            if not dataclasses.is_dataclass(old):
-                if old != new:
-                    raise ZooError(f"{path}: workdir has {section}={old!r}, not {new!r}; use a new --workdir")
-                continue
-            for f in dataclasses.fields(old):
-                a, b = getattr(old, f.name), getattr(new, f.name)
-                if a != b and not (section == "train" and f.name in RESUMABLE_FIELDS):
-                    raise ZooError(f"{path}: workdir has {section}.{f.name}={a!r}, not {b!r}; use a new --workdir")
+        difference = config_difference(read_config(workdir), config)
+        if difference:
+            name, a, b = difference
+            raise ZooError(f"{path}: workdir has {name}={a!r}, not {b!r}; use a new --workdir")
     else:
         _make_folder(path.parent)
     write_text(path, config.to_json())

@@ -11,10 +11,20 @@ not do. A config.json written before the field existed reads as float32.
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-COMPUTE_DTYPES = ("float32", "bfloat16")  # float16 would need loss scaling
+# The choices of the model configs' name fields. tyro turns each into a flag that lists them and
+# refuses any other value; ``ModelConfig.__post_init__`` refuses one from Python or a config.json.
+ComputeDtype = Literal["float32", "bfloat16"]  # float16 would need loss scaling
+Score = Literal["additive", "dot", "general", "scaled_dot", "cosine", "mlp"]  # zoo.functional.attention.SCORES
+Positional = Literal["sinusoidal", "sinusoidal-concat", "learned", "shaw", "rope", "alibi"]
+AttentionImpl = Literal["auto", "reference", "xla", "cudnn", "blocked"]  # auto + zoo.nn.attention.IMPLEMENTATIONS
+Cell = Literal["rnn", "lstm", "gru"]  # zoo.functional.cells.NUM_GATES
+Dataset = Literal["multi30k", "tatoeba"]  # zoo.data.corpora.DATASETS
+COMPUTE_DTYPES = typing.get_args(ComputeDtype)
+_NOTES = {"dtype": " (float16 would need loss scaling)"}  # appended to a refused choice's message
 
 
 def check_field(obj, name: str, ok: bool, requirement: str) -> None:
@@ -30,45 +40,76 @@ def _at_least(obj, minimum: int, *names: str) -> None:
         check_field(obj, name, isinstance(value, int) and value >= minimum, f"must be at least {minimum} (an integer)")
 
 
+def _check_sizes_and_choices(obj) -> None:
+    """Every ``int`` field of the dataclass ``obj`` is at least 1, every ``Literal`` field one of its values."""
+    for f in dataclasses.fields(obj):
+        if f.type is int:
+            _at_least(obj, 1, f.name)
+        elif typing.get_origin(f.type) is Literal:
+            choices = typing.get_args(f.type)
+            check_field(obj, f.name, getattr(obj, f.name) in choices,
+                        f"must be one of {', '.join(choices)}{_NOTES.get(f.name, '')}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """What every model config checks on construction (``__post_init__``): every integer field
-    (sizes, widths, counts, windows) is at least 1, ``dropout`` lies in [0, 1) and ``dtype`` is a
-    compute dtype. Choices among names (scores, positional encodings, ...) are checked by the
-    model that reads them, before anything is written."""
+    """The fields every model config has, and what every one checks on construction
+    (``__post_init__``): every integer field (sizes, widths, counts, windows) is at least 1, every
+    choice (a ``Literal`` field: ``dtype``, ``score``, ``positional``, ...) is one of its values,
+    ``dropout`` lies in [0, 1). Subclasses add the checks a type cannot express.
+
+    Raises:
+      ValueError: ``"<Class>.<field>=<value>: <requirement>"`` for the first field refused.
+    """
+
+    dropout: float = 0.0  # drop probability of the dropout layers, in [0, 1)
+    dtype: ComputeDtype = "float32"  # compute dtype (zoo.nn.precision); parameters stay float32
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            if f.type is int:
-                _at_least(self, 1, f.name)
+        _check_sizes_and_choices(self)
         check_field(self, "dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)")
-        check_field(self, "dtype", self.dtype in COMPUTE_DTYPES,
-                    f"must be one of {', '.join(COMPUTE_DTYPES)} (float16 would need loss scaling)")
 
 
-@dataclass(frozen=True)
-class BahdanauConfig(ModelConfig):
+@dataclass(frozen=True, kw_only=True)
+class Seq2SeqConfig(ModelConfig):
+    """The fields of every sequence-to-sequence model (:func:`zoo.models.build`); training sets the
+    vocabulary sizes from the corpus."""
+
+    src_vocab_size: int = 8000  # source vocabulary, <pad> <unk> <bos> <eos> included
+    tgt_vocab_size: int = 6000  # target vocabulary
+
+
+@dataclass(frozen=True, kw_only=True)
+class BahdanauConfig(Seq2SeqConfig):
     """Bahdanau et al. (2015) RNNsearch. Widths are per direction for the encoder.
 
     The paper uses embed 620, hidden 1000, maxout 500 on WMT'14. The defaults follow the PyTorch
     seq2seq tutorial's sizes (embed 256, hidden 512, dropout 0.5); its output layer reads
     [s; c; Ey] directly, this one through the paper's maxout layer, so the model has 14.6 M
     parameters against the tutorial's 20.5 M on Multi30k.
+
+    Raises:
+      ValueError: as :class:`ModelConfig`, or a parameter-free score (dot, cosine), which cannot
+        compare the decoder state (hidden_dim) with the bidirectional annotations (2·hidden_dim).
     """
 
-    src_vocab_size: int = 8000
-    tgt_vocab_size: int = 6000
     embed_dim: int = 256
     hidden_dim: int = 512
     attention_dim: int = 512
     maxout_dim: int = 512
-    dropout: float = 0.5
-    score: str = "additive"  # any of zoo.functional.attention.SCORES whose widths fit (query H, keys 2H)
+    dropout: float = 0.5  # drop probability of the dropout layers, in [0, 1)
+    score: Score = "additive"  # query H, keys 2H: the scores with parameters (dot and cosine need equal widths)
     hard_attention: bool = False
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_field(self, "score", self.score not in ("dot", "cosine"),
+                    "needs query and keys of equal width, but the decoder state is hidden_dim wide and the "
+                    "annotations 2·hidden_dim; choose additive, general, scaled_dot or mlp")
 
 
-@dataclass(frozen=True)
-class SutskeverConfig(ModelConfig):
+@dataclass(frozen=True, kw_only=True)
+class SutskeverConfig(Seq2SeqConfig):
     """Sutskever, Vinyals & Le (2014): a deep LSTM reads the source, its final states initialise a
     deep LSTM decoder; nothing else passes between them.
 
@@ -76,53 +117,49 @@ class SutskeverConfig(ModelConfig):
     are the PyTorch seq2seq tutorial's (notebook 1) sizes: 2 layers of 512, embeddings 256, dropout 0.5.
     """
 
-    src_vocab_size: int = 8000
-    tgt_vocab_size: int = 6000
     embed_dim: int = 256
     hidden_dim: int = 512
     num_layers: int = 2
-    dropout: float = 0.5
+    dropout: float = 0.5  # drop probability of the dropout layers, in [0, 1)
     reverse_source: bool = True  # section 3.3: "reversing the source sentences"
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
-@dataclass(frozen=True)
-class ChoConfig(ModelConfig):
+@dataclass(frozen=True, kw_only=True)
+class ChoConfig(Seq2SeqConfig):
     """Cho et al. (2014) RNN encoder-decoder: the summary C enters every decoder step and the output.
 
     The paper: 1000 hidden units, 100-wide embeddings, maxout 500, GRU with the reset gate
     applied before the hidden product. Defaults follow the tutorial's (notebook 2) sizes.
     """
 
-    src_vocab_size: int = 8000
-    tgt_vocab_size: int = 6000
     embed_dim: int = 256
     hidden_dim: int = 512
     maxout_dim: int = 512
-    dropout: float = 0.5
+    dropout: float = 0.5  # drop probability of the dropout layers, in [0, 1)
     reset_after: bool = False  # False: the paper's GRU (eq. 8); True: cuDNN/PyTorch's
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
-@dataclass(frozen=True)
-class LuongConfig(ModelConfig):
+@dataclass(frozen=True, kw_only=True)
+class LuongConfig(Seq2SeqConfig):
     """Luong, Pham & Manning (2015): stacked LSTMs, attention on the top decoder state h_t,
     attentional state h̃_t = tanh(W_c [c_t; h_t]), input feeding.
 
     The paper: 4 layers of 1000 cells, dropout 0.2, reversed source. Defaults: 2 layers of 512,
     embeddings 256, dropout 0.5 (the tutorial's sizes); the source is read in order so that
     local-m's monotone p_t = t and attention plots read left to right.
+
+    Raises:
+      ValueError: as :class:`ModelConfig`, or hard attention with local-p (which weights the
+        window by a Gaussian), or an odd ``hidden_dim`` with ``bidirectional_encoder``.
     """
 
-    src_vocab_size: int = 8000
-    tgt_vocab_size: int = 6000
     embed_dim: int = 256
     hidden_dim: int = 512
     num_layers: int = 2
-    dropout: float = 0.5
-    score: str = "general"  # any of zoo.functional.attention.SCORES
+    dropout: float = 0.5  # drop probability of the dropout layers, in [0, 1)
+    score: Score = "general"
     attention_dim: int = 512  # width of the projected scores (additive, scaled_dot, mlp)
-    attention: str = "global"  # global | local-m | local-p (section 3.2)
+    attention: Literal["global", "local-m", "local-p"] = "global"  # section 3.2
     window: int = 10  # D: local attention reads [p_t − D, p_t + D]
     input_feeding: bool = True  # section 3.3
     hard_attention: bool = False
@@ -130,12 +167,18 @@ class LuongConfig(ModelConfig):
     # OpenNMT-py's `brnn` encoder, not the paper's: every layer reads both ways with H/2 cells a
     # direction, [→h_s; ←h_s] is h̄_s and the decoder starts from [→carry_S; ←carry_1] per layer
     bidirectional_encoder: bool = False
-    decoder_init: str = "encoder"  # encoder: the encoder's final carries (the paper); zeros: zero carries
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    decoder_init: Literal["encoder", "zeros"] = "encoder"  # encoder: its final carries (the paper); zeros
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_field(self, "hard_attention", not (self.hard_attention and self.attention == "local-p"),
+                    "hard attention picks one position; it has no Gaussian-weighted (local-p) form")
+        check_field(self, "hidden_dim", not (self.bidirectional_encoder and self.hidden_dim % 2),
+                    "bidirectional_encoder splits hidden_dim in two directions: it must be even")
 
 
-@dataclass(frozen=True)
-class TransformerConfig(ModelConfig):
+@dataclass(frozen=True, kw_only=True)
+class TransformerConfig(Seq2SeqConfig):
     """Vaswani et al. (2017) encoder-decoder Transformer.
 
     The paper's base model: d_model 512, 8 heads, 6+6 layers, FFN 2048, dropout 0.1, post-LN,
@@ -143,58 +186,93 @@ class TransformerConfig(ModelConfig):
     d_model 256, 8 heads, 3+3 layers, FFN 512.
     """
 
-    src_vocab_size: int = 8000
-    tgt_vocab_size: int = 6000
     d_model: int = 256
     num_heads: int = 8
     num_encoder_layers: int = 3
     num_decoder_layers: int = 3
     d_ff: int = 512
-    dropout: float = 0.1
-    positional: str = "sinusoidal"  # any of zoo.models.transformer.POSITIONAL
-    norm: str = "pre"  # pre: x + f(LN(x)) (Xiong et al. 2020); post: LN(x + f(x)) (the paper)
+    dropout: float = 0.1  # drop probability of the dropout layers, in [0, 1)
+    positional: Positional = "sinusoidal"  # absolute (sinusoidal, learned) or relative (shaw, rope, alibi)
+    norm: Literal["pre", "post"] = "pre"  # pre: x + f(LN(x)) (Xiong et al. 2020); post: LN(x + f(x)) (the paper)
     share_embeddings: bool = True  # target embedding = pre-softmax weights (section 3.4)
     max_length: int = 256  # longest sentence: learned positions, the decoder's cache
     max_relative_position: int = 16  # Shaw et al. (2018): k, the clipping distance
-    # scaled dot-product path in training (zoo.nn.MultiHeadAttention): auto | reference | xla | cudnn | blocked;
+    # scaled dot-product path in training (zoo.nn.MultiHeadAttention);
     # auto: cuDNN for bfloat16 on NVIDIA GPUs, XLA elsewhere, reference with shaw (which needs the weights)
-    attention_impl: str = "auto"
+    attention_impl: AttentionImpl = "auto"
     attention_block_size: int = 128  # keys per block of the blocked path
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
-@dataclass(frozen=True)
-class ConvS2SConfig(ModelConfig):
+@dataclass(frozen=True, kw_only=True)
+class ConvS2SConfig(Seq2SeqConfig):
     """Gehring et al. (2017) convolutional sequence to sequence learning.
 
     The paper (WMT'14 En-Fr): 512 hidden units, embeddings 512, 15 encoder and 15 decoder
     layers, kernel 3. Defaults are the PyTorch seq2seq tutorial's (notebook 5) sizes:
     embeddings 256, hidden 512, 10+10 layers, kernel 3, dropout 0.25.
+
+    Raises:
+      ValueError: as :class:`ModelConfig`, or an even ``kernel_size`` (the encoder's "same"
+        convolution needs an odd one).
     """
 
-    src_vocab_size: int = 8000
-    tgt_vocab_size: int = 6000
     embed_dim: int = 256
     hidden_dim: int = 512
     num_encoder_layers: int = 10
     num_decoder_layers: int = 10
-    kernel_size: int = 3
-    dropout: float = 0.25
+    kernel_size: int = 3  # odd
+    dropout: float = 0.25  # drop probability of the dropout layers, in [0, 1)
     max_length: int = 256  # longest sentence: the learned position embeddings
-    # the decoder's attention in training, one head of width embed_dim: auto | reference | xla | cudnn | blocked,
-    # as TransformerConfig's (auto: cuDNN needs embed_dim <= 128, so XLA at the default 256)
-    attention_impl: str = "auto"
+    # the decoder's attention in training, one head of width embed_dim, as TransformerConfig's
+    # (auto: cuDNN needs embed_dim <= 128, so XLA at the default 256)
+    attention_impl: AttentionImpl = "auto"
     attention_block_size: int = 128  # keys per block of the blocked path
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_field(self, "kernel_size", self.kernel_size % 2 == 1, "must be odd (the encoder's convolution is 'same')")
 
 
-MODEL_CONFIGS = {"bahdanau": BahdanauConfig, "cho": ChoConfig, "convs2s": ConvS2SConfig, "luong": LuongConfig,
-                 "sutskever": SutskeverConfig, "transformer": TransformerConfig}
+@dataclass(frozen=True, kw_only=True)
+class EncoderConfig(ModelConfig):
+    """The recurrent encoder of the labelling models (:mod:`zoo.models.labelling`): embeddings and
+    ``num_layers`` recurrent layers, optionally bidirectional."""
+
+    vocab_size: int
+    embed_dim: int
+    hidden_dim: int
+    cell: Cell = "lstm"  # rnn (Elman), lstm or gru
+    num_layers: int = 1
+    bidirectional: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class TaggerConfig(EncoderConfig):
+    """:class:`zoo.models.labelling.SequenceTagger`: one of ``num_tags`` tags per token (POS
+    tagging, slot filling).
+
+    Raises:
+      ValueError: as :class:`ModelConfig`.
+    """
+
+    num_tags: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierConfig(EncoderConfig):
+    """:class:`zoo.models.labelling.SequenceClassifier`: one of ``num_classes`` classes per sequence
+    (sentiment, topic).
+
+    Raises:
+      ValueError: as :class:`ModelConfig`.
+    """
+
+    num_classes: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    dataset: str = "multi30k"  # the corpus (zoo.data.corpora.DATASETS)
+    dataset: Dataset = "multi30k"  # the corpus (zoo.data.corpora)
     src_lang: str = "de"  # source language
     tgt_lang: str = "en"  # target language
     lowercase: bool = True  # lowercase before tokenizing
@@ -203,10 +281,10 @@ class DataConfig:
     max_length: int = 200  # training and validation pairs with a longer side (tokens + <eos>) are left out, counted in the log
 
     def __post_init__(self):
-        _at_least(self, 1, "min_freq", "length_multiple", "max_length")
+        _check_sizes_and_choices(self)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     epochs: int = 10  # passes over the training set
     batch_size: int = 128  # sentences a batch (when batch_tokens is None)
@@ -237,8 +315,12 @@ class TrainConfig:
         check_field(self, "label_smoothing", 0.0 <= self.label_smoothing < 1.0, "must be in [0, 1)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
+    """Everything a run trains: the registered model's name (:data:`zoo.models.MODELS`) and config,
+    the data and the training settings. Stored as a workdir's ``config.json``
+    (:meth:`to_json`; read back by :func:`zoo.checkpoint.config_from_dict`)."""
+
     model_name: str = "bahdanau"
     model: Any = field(default_factory=BahdanauConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -246,38 +328,6 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Config":
-        raw = json.loads(text)
-        return cls(
-            model_name=raw["model_name"],
-            model=MODEL_CONFIGS[raw["model_name"]](**raw["model"]),
-            data=DataConfig(**raw["data"]),
-            train=TrainConfig(**raw["train"]),
-        )
-
-
-# What ``python train.py --model NAME`` trains without ``--config``: the settings of the README
-# row that NAME's results come from, over the dataclasses' defaults (the papers' sizes, Adam 1e-3).
-RECIPES = {
-    "convs2s": {"model": {"num_encoder_layers": 6, "num_decoder_layers": 6},
-                "train": {"epochs": 12, "batch_tokens": 2048, "warmup_steps": 400, "label_smoothing": 0.1, "clip_norm": 0.1}},
-    "luong": {"model": {"dropout": 0.3, "bidirectional_encoder": True}, "train": {"epochs": 12, "batch_tokens": 2048}},
-    "transformer": {"model": {"dropout": 0.3},
-                    "train": {"epochs": 20, "batch_tokens": 2048, "warmup_steps": 400, "label_smoothing": 0.1}},
-}
-
-
-def recipe(model_name: str) -> Config:
-    """The :class:`Config` of ``model_name``'s results recipe (:data:`RECIPES`; the defaults where it has none).
-
-    Raises:
-      KeyError: an unknown model name.
-    """
-    settings = RECIPES.get(model_name, {})
-    return Config(model_name, MODEL_CONFIGS[model_name](**settings.get("model", {})), DataConfig(),
-                  TrainConfig(**settings.get("train", {})))
 
 
 def replace_fields(obj, overrides: dict):

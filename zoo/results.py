@@ -25,7 +25,6 @@ For an entry whose workdir exists, :func:`evaluate_entry` computes the row's JSO
 entry whose workdir is gone, or holds another run than ``command`` trains, keeps its JSON.
 """
 
-import dataclasses
 import datetime
 import json
 import math
@@ -68,7 +67,6 @@ RIGHT = {"params", "epochs", "bleu_lc_tok", "bleu", "ppl_free_running", "ppl_tea
          "val_ppl_last", "val_ppl_trend", "seed", "wall", "tokens_per_s", "target_tokens_per_s"}  # right-aligned (numbers)
 SPREAD = {"bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "val_ppl_epoch2",
           "val_ppl_last"}  # mean ± s.d. in group rows
-RUN_ONLY = {"wall", "tokens_per_s", "target_tokens_per_s", "hardware"}  # shown on a run's own row (greedy, best step)
 EMPTY = "–"
 
 
@@ -136,25 +134,6 @@ def train_command_config(command: str):
     if not starts:
         raise ZooError(f"command {command!r} is not a train.py command")
     return parse_args(words[starts[0] + 1:])[0]
-
-
-def config_difference(saved, wanted) -> str | None:
-    """The first field in which the config of a workdir differs from the one a command trains,
-    as ``"section.field=saved, the command gives wanted"``; None if they agree. The fields a
-    resumed run may change (:data:`zoo.checkpoint.RESUMABLE_FIELDS`) and the vocabulary sizes
-    (set by training) are not compared."""
-    from zoo.checkpoint import RESUMABLE_FIELDS
-
-    if saved.model_name != wanted.model_name:
-        return f"model {saved.model_name}, the command gives {wanted.model_name}"
-    for section in ("model", "data", "train"):
-        old, new = getattr(saved, section), getattr(wanted, section)
-        for f in dataclasses.fields(old):
-            a, b = getattr(old, f.name), getattr(new, f.name)
-            skip = f.name.endswith("vocab_size") or (section == "train" and f.name in RESUMABLE_FIELDS)
-            if a != b and not skip:
-                return f"{section}.{f.name}={a!r}, the command gives {b!r}"
-    return None
 
 
 def training_facts(workdir, manifest_wall_s: float | None = None) -> dict:
@@ -397,7 +376,7 @@ def regenerate(folder, readme_path, data_dir=None, evaluate: bool = True, log=pr
         whose workdir is gone (or not evaluated), a workdir that cannot be evaluated, or a README
         without an entry's table markers; one line naming the file and the entry.
     """
-    from zoo.checkpoint import read_config
+    from zoo.checkpoint import config_difference, read_config
 
     folder, readme_path = Path(folder), Path(readme_path)
     entries = read_manifest(folder)
@@ -416,9 +395,11 @@ def regenerate(folder, readme_path, data_dir=None, evaluate: bool = True, log=pr
             continue
         why = None if Path(e["workdir"]).is_dir() else f"workdir {e['workdir']} is not on this machine"
         if why is None:
-            difference = config_difference(read_config(e["workdir"]), train_command_config(e["command"]))
+            difference = config_difference(read_config(e["workdir"]), train_command_config(e["command"]),
+                                           ignore={"model.src_vocab_size", "model.tgt_vocab_size"})  # set by training
             if difference:
-                why = f"workdir {e['workdir']} holds another run ({difference})"
+                name, saved, wanted = difference
+                why = f"workdir {e['workdir']} holds another run ({name}={saved!r}, the command gives {wanted!r})"
         if why is None:
             todo.append(e)
         elif not json_path.is_file():

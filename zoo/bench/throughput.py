@@ -37,14 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.bench.measure import memory_bytes, xla_flops
-from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig
+from zoo.config import Config, DataConfig, TrainConfig
 from zoo.data.batching import bucket_length, collate, token_batches
 from zoo.data.corpora import MULTI30K_SPLITS, load_split, resolve_data_dir
 from zoo.data.pipeline import TextPipeline
 from zoo.data.tokenize import Tokenizer
 from zoo.distributed import data_parallel, state_shardings
 from zoo.flops import jaxpr_flops, peak_flops
-from zoo.models import list_models
+from zoo.models import MODELS, list_models
 from zoo.run import Run, prepare
 from zoo.training import init_state, make_optimizer, make_train_step, train
 
@@ -117,12 +117,12 @@ def write_corpus(root: Path, data_dir=None, size: int = 4096, val_size: int = 64
 
 def _config(model: str, overrides: dict, batch_tokens: int, max_steps: int, log_every: int, dtype: str,
             steps_per_call: int = 1) -> Config:
-    model_config = MODEL_CONFIGS[model](**overrides)
+    model_config = MODELS[model].config(**overrides)
     if dtype != "float32":
         model_config = dataclasses.replace(model_config, dtype=dtype)
-    return Config(model, model_config, DataConfig(), TrainConfig(batch_tokens=batch_tokens, max_steps=max_steps,
-                                                                log_every=log_every, checkpoint_every=10**6, epochs=100,
-                                                                steps_per_call=steps_per_call))
+    return Config(model_name=model, model=model_config, data=DataConfig(),
+                  train=TrainConfig(batch_tokens=batch_tokens, max_steps=max_steps, log_every=log_every,
+                                    checkpoint_every=10**6, epochs=100, steps_per_call=steps_per_call))
 
 
 def measure_loop(config: Config, data_dir: Path, workdir: Path) -> dict:

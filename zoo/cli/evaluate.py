@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         from zoo.models import MODELS
 
         config = read_config(args.workdir)
-        if args.plot_attention and not MODELS[config.model_name].has_attention:
+        if args.plot_attention and not MODELS[config.model_name].model.has_attention:
             raise ZooError(f"--plot-attention: model {config.model_name!r} has no attention to plot")
         if args.src:
             sources, references = read_parallel(args.src, args.ref)

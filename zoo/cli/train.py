@@ -4,28 +4,41 @@ Running it again on the same workdir resumes from the latest checkpoint. Every f
 model's config, of ``DataConfig`` and of ``TrainConfig`` (zoo/config.py) is a flag, derived by
 tyro from the dataclasses with their defaults and comments: ``--model.hidden-dim 256``,
 ``--data.min-freq 1``, ``--train.batch-tokens 4096``; ``--help`` lists them for the chosen
-``--model``, whose defaults are the recipe of its README results row (``zoo.config.RECIPES``).
+``--model``, whose defaults are the recipe of its README results row (``zoo.models.RECIPES``).
 ``--config FILE`` (JSON, e.g. a workdir's config.json, or YAML) sets every field at once; flags
-override it. Older spellings (``--epochs 3``, ``--set hidden_dim=256``,
-``--no-lowercase``) are rewritten to the new ones.
+override it.
+
+The command line is read in two stages: argparse first reads ``--model`` and ``--config``, which
+decide the dataclasses and their defaults; tyro then reads every flag (those two included, so
+that ``--help`` lists them). Whatever tyro refuses comes back as one line (a hook on tyro's
+parse errors); a flag of an older spelling is refused naming today's (``--epochs`` ->
+``--train.epochs``, ``--set hidden_dim=256`` -> ``--model.hidden-dim 256``).
 """
 
-import contextlib
+import argparse
 import dataclasses
-import io
-import json
-import re
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 import yaml
+from tyro import _errors as tyro_errors  # tyro's parse-error hook: private, hence tyro pinned in pyproject.toml
 
-from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig, recipe
+from zoo.checkpoint import config_from_dict
+from zoo.config import Config, DataConfig, TrainConfig
 from zoo.errors import ZooError
+from zoo.models import MODELS, recipe
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a run trains; read before the other flags, whose defaults it decides."""
+
+    model: Literal[tuple(sorted(MODELS))] = "bahdanau"  # the architecture; its flags default to its README recipe
+    config: str | None = None  # a whole config, JSON (a workdir's config.json) or YAML; flags override it
 
 
 @dataclass(frozen=True)
@@ -42,105 +55,98 @@ class RunOptions:
     process_id: int | None = None  # multi-process run: this process's index, from 0
 
 
-def _pop(argv: list[str], flag: str) -> str | None:
-    """Remove ``flag VALUE`` or ``flag=VALUE`` from ``argv``; its VALUE, or None if absent."""
-    for i, arg in enumerate(argv):
-        if arg == flag:
-            if i + 1 == len(argv):
-                raise ZooError(f"{flag}: expected a value")
-            value = argv[i + 1]
-            del argv[i : i + 2]
-            return value
-        if arg.startswith(flag + "="):
-            del argv[i]
-            return arg.split("=", 1)[1]
-    return None
-
-
 def read_config_file(path: str) -> Config:
-    """A whole :class:`Config` from JSON or YAML (the layout of a workdir's ``config.json``).
+    """A whole :class:`~zoo.config.Config` from JSON or YAML (the layout of a workdir's ``config.json``).
 
     Raises:
       ZooError: missing, unreadable or invalid file, naming it.
     """
     try:
         raw = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
-        return Config.from_json(json.dumps(raw))
-    except (OSError, yaml.YAMLError, ValueError, TypeError, KeyError) as e:
+    except (OSError, yaml.YAMLError) as e:
         raise ZooError(f"--config {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    return config_from_dict(raw, f"--config {path}")
 
 
-def _rewrite_old_flags(argv: list[str], sections: dict) -> list[str]:
-    """``--set F=V`` -> ``--model.F V``; ``--NAME`` / ``--no-NAME`` of a field of exactly one section
-    (and not a run option) -> ``--SECTION.NAME``."""
-    options = {f.name for f in dataclasses.fields(RunOptions)}
-    out, args = [], iter(argv)
-    for arg in args:
-        if arg == "--set" or arg.startswith("--set="):
-            pair = arg[len("--set=") :] if "=" in arg else next(args, "")
-            name, sep, value = pair.partition("=")
-            if not sep:
-                raise ZooError(f"--set {pair!r}: expected FIELD=VALUE (now spelled --model.{name.replace('_', '-')} VALUE)")
-            flag = f"--model.{name.replace('_', '-')}"
-            if {f.name: f.type for f in dataclasses.fields(sections["model"])}.get(name) is bool:  # a flag of its own
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ZooError(f"--set {pair!r}: {value!r} is not a bool (true or false)")
-                flag = flag if value.lower() in ("true", "1", "yes") else f"--model.no-{name.replace('_', '-')}"
-                out.append(flag)
-            else:
-                out += [flag, value]
-            continue
-        flag, eq, value = arg.partition("=")
-        negated = flag.startswith("--no-")
-        name = (flag[5:] if negated else flag[2:]).replace("-", "_")
-        owners = [s for s, cls in sections.items() if name in {f.name for f in dataclasses.fields(cls)}]
-        if flag.startswith("--") and "." not in flag and name not in options and len(owners) == 1:
-            arg = f"--{owners[0]}.{'no-' if negated else ''}{name.replace('_', '-')}{eq}{value}"
-        out.append(arg)
-    return out
-
-
-def _tyro_cli(args_class, argv: list[str], description: str):
-    """``tyro.cli``, with its framed error message turned into one :class:`ZooError` line."""
-    errors = io.StringIO()
+def _select(argv: list[str]) -> tuple[str, str | None]:
+    """The first stage: ``--model`` and ``--config``, leaving ``argv`` to tyro."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("--model")
+    parser.add_argument("--config")
     try:
-        with contextlib.redirect_stderr(errors):
-            return tyro.cli(args_class, args=argv, prog="train.py", description=description)
-    except SystemExit as e:
-        if not e.code:
-            raise  # --help
-        lines = [line.strip(" │|╭╮╰╯") for line in re.sub(r"\x1b\[[0-9;]*m", "", errors.getvalue()).splitlines()]
-        rule = [not line.strip("─-") for line in lines]  # separators (and blank lines)
-        first = next((i for i in range(1, len(lines)) if not rule[i]), len(lines))  # after the title
-        message = lines[first : next((i for i in range(first, len(lines)) if rule[i]), len(lines))]
-        raise ZooError(" ".join(message) or "bad arguments (see train.py --help)") from None
-    except ValueError as e:  # a __post_init__ check that tyro passed on
+        selected, _ = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
         raise ZooError(str(e)) from None
+    return selected.model, selected.config
+
+
+def _renamed(token: str, sections: dict) -> str:
+    """The line for a flag tyro does not know: today's spelling when it names a field of a section."""
+    flag = token.split("=", 1)[0]
+    if flag == "--set":
+        return "--set: set a model field as --model.FIELD VALUE (e.g. --model.hidden-dim 256)"
+    negated = flag.startswith("--no-")
+    name = flag.removeprefix("--no-" if negated else "--")
+    spellings = [f"--{section}.{'no-' if negated else ''}{name}" for section, cls in sections.items()
+                 if flag.startswith("--") and name.replace("-", "_") in {f.name for f in dataclasses.fields(cls)}]
+    if spellings:
+        return f"{flag}: now spelled {' or '.join(spellings)}"
+    if not token.startswith("-"):
+        return f"unexpected value {token!r} (see train.py --help)"
+    return f"{token}: unrecognized (see train.py --help)"
+
+
+def _parse_error(event: tyro_errors.ParseErrorEvent, sections: dict) -> ZooError:
+    """One line for whatever tyro refuses (an unknown flag, a bad value or choice, a missing one)."""
+    flag = lambda argument: "/".join(argument.lowered.name_or_flags)
+    if isinstance(event, tyro_errors.UnrecognizedArgs):
+        return ZooError(_renamed(event.tokens[0], sections))
+    if isinstance(event, tyro_errors.InvalidChoice):
+        return ZooError(f"{flag(event.argument)} {event.value!r}: choose from {', '.join(event.choices)}")
+    if isinstance(event, tyro_errors.InstantiationFailure):  # a value tyro cannot convert, or a config's check
+        return ZooError(f"{flag(event.argument)}: {event.message}" if event.argument else event.message)
+    if isinstance(event, tyro_errors.MissingArgs):
+        return ZooError(f"{', '.join(flag(a.arg) for a in event.missing_arguments)}: required")
+    if isinstance(event, tyro_errors.BadValue):
+        return ZooError(f"{flag(event.argument)}: expected a value" if event.offending_value is None
+                        else f"{flag(event.argument)}: no value expected, got {event.offending_value!r}")
+    return ZooError(f"bad arguments ({type(event).__name__}; see train.py --help)")
 
 
 def parse_args(argv=None) -> tuple[Config, RunOptions]:
     """The config and run options of a command line (see the module docstring).
 
     Raises:
-      ZooError: an unknown model, a bad ``--config`` file, or a value a config refuses.
+      ZooError: an unknown model or flag, a bad ``--config`` file, or a value a config refuses;
+        one line.
+
+    Examples:
+      >>> config, run = parse_args(["--model", "luong", "--workdir", "w", "--model.hidden-dim", "64"])
+      >>> config.model.hidden_dim, config.train.epochs, run.workdir
+      (64, 12, 'w')
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    name, config_file = _pop(argv, "--model"), _pop(argv, "--config")
+    name, config_file = _select(argv)
     base = read_config_file(config_file) if config_file else None
     name = name or (base.model_name if base else "bahdanau")
-    if name not in MODEL_CONFIGS:
-        raise ZooError(f"--model {name!r}: choose from {', '.join(sorted(MODEL_CONFIGS))}")
+    if name not in MODELS:
+        raise ZooError(f"--model {name!r}: choose from {', '.join(sorted(MODELS))}")
     if base is None:
         base = recipe(name)
     elif base.model_name != name:
-        base = Config(name, recipe(name).model, base.data, base.train)
-    sections = {"model": MODEL_CONFIGS[name], "data": DataConfig, "train": TrainConfig}
+        base = dataclasses.replace(base, model_name=name, model=recipe(name).model)
+    sections = {"model": MODELS[name].config, "data": DataConfig, "train": TrainConfig}
     args_class = dataclasses.make_dataclass(
-        "TrainArgs", [("run", Annotated[RunOptions, tyro.conf.OmitArgPrefixes])]
+        "TrainArgs", [("run", Annotated[RunOptions, tyro.conf.OmitArgPrefixes]),
+                      ("selection", Annotated[Selection, tyro.conf.OmitArgPrefixes], field(default=Selection(name, config_file)))]
         + [(s, cls, field(default=getattr(base, s))) for s, cls in sections.items()], frozen=True)
-    description = f"{__doc__}\nModel: --model {name} (choose from {', '.join(sorted(MODEL_CONFIGS))})."
-    args = _tyro_cli(args_class, _rewrite_old_flags(argv, sections), description)
-    return Config(name, args.model, args.data, args.train), args.run
+
+    def refuse(event):
+        raise _parse_error(event, sections)
+
+    with tyro_errors.on_parse_error(refuse):
+        args = tyro.cli(args_class, args=argv, prog="train.py", description=__doc__)
+    return Config(model_name=name, model=args.model, data=args.data, train=args.train), args.run
 
 
 def main(argv=None) -> int:

@@ -13,9 +13,23 @@ recurrent models attend once per step (S,); the Transformer and ConvS2S return t
 every decoder layer and head, (L, N, S) per step (ConvS2S: one head per layer).
 """
 
+from typing import NamedTuple
+
 from flax import nnx
 
-from zoo.config import MODEL_CONFIGS, replace_fields
+from zoo.config import (
+    BahdanauConfig,
+    ChoConfig,
+    Config,
+    ConvS2SConfig,
+    DataConfig,
+    LuongConfig,
+    Seq2SeqConfig,
+    SutskeverConfig,
+    TrainConfig,
+    TransformerConfig,
+    replace_fields,
+)
 from zoo.models.bahdanau import Bahdanau
 from zoo.models.cho import Cho
 from zoo.models.convs2s import ConvS2S
@@ -23,13 +37,59 @@ from zoo.models.luong import Luong
 from zoo.models.sutskever import Sutskever
 from zoo.models.transformer import Transformer
 
-MODELS = {"bahdanau": Bahdanau, "cho": Cho, "convs2s": ConvS2S, "luong": Luong, "sutskever": Sutskever,
-          "transformer": Transformer}
+
+class Architecture(NamedTuple):
+    """A registered model: its config dataclass and the module built from it."""
+
+    config: type[Seq2SeqConfig]
+    model: type[nnx.Module]
+
+
+# The registry: every name that train.py --model, zoo.build and a config.json's model_name accept.
+MODELS = {
+    "bahdanau": Architecture(BahdanauConfig, Bahdanau),
+    "cho": Architecture(ChoConfig, Cho),
+    "convs2s": Architecture(ConvS2SConfig, ConvS2S),
+    "luong": Architecture(LuongConfig, Luong),
+    "sutskever": Architecture(SutskeverConfig, Sutskever),
+    "transformer": Architecture(TransformerConfig, Transformer),
+}
+
+# What ``python train.py --model NAME`` trains without ``--config``: the settings of the README
+# row that NAME's results come from, over the dataclasses' defaults (the papers' sizes, Adam 1e-3).
+RECIPES = {
+    "convs2s": {"model": {"num_encoder_layers": 6, "num_decoder_layers": 6},
+                "train": {"epochs": 12, "batch_tokens": 2048, "warmup_steps": 400, "label_smoothing": 0.1, "clip_norm": 0.1}},
+    "luong": {"model": {"dropout": 0.3, "bidirectional_encoder": True}, "train": {"epochs": 12, "batch_tokens": 2048}},
+    "transformer": {"model": {"dropout": 0.3},
+                    "train": {"epochs": 20, "batch_tokens": 2048, "warmup_steps": 400, "label_smoothing": 0.1}},
+}
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`build`."""
+    """Names accepted by :func:`build`.
+
+    Examples:
+      >>> list_models()
+      ['bahdanau', 'cho', 'convs2s', 'luong', 'sutskever', 'transformer']
+    """
     return sorted(MODELS)
+
+
+def recipe(name: str) -> Config:
+    """The :class:`~zoo.config.Config` of model ``name``'s results recipe (:data:`RECIPES`; the
+    dataclasses' defaults where it has none).
+
+    Raises:
+      KeyError: an unknown model name.
+
+    Examples:
+      >>> recipe("transformer").train.warmup_steps
+      400
+    """
+    settings = RECIPES.get(name, {})
+    return Config(model_name=name, model=MODELS[name].config(**settings.get("model", {})), data=DataConfig(),
+                  train=TrainConfig(**settings.get("train", {})))
 
 
 def build(name: str, config=None, seed: int = 0, **overrides) -> nnx.Module:
@@ -42,9 +102,9 @@ def build(name: str, config=None, seed: int = 0, **overrides) -> nnx.Module:
       **overrides: config fields to replace, e.g. ``hidden_dim=512``.
 
     Raises:
-      ValueError: unknown model name or config field.
+      ValueError: unknown model name or config field, or a value the config refuses.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
-    config = replace_fields(config or MODEL_CONFIGS[name](), overrides)
-    return MODELS[name](config, rngs=nnx.Rngs(seed))
+    config = replace_fields(config or MODELS[name].config(), overrides)
+    return MODELS[name].model(config, rngs=nnx.Rngs(seed))

@@ -96,19 +96,14 @@ def _zeros(shape) -> nnx.Param:
 class ConvS2S(nnx.Module):
     """The convolutional encoder-decoder on one example (``jax.vmap`` it over a batch).
 
-    Dropout takes an explicit PRNG ``key``; ``key=None`` means evaluation (no dropout).
-
-    Raises:
-      ValueError: an even ``kernel_size`` (the encoder's "same" convolution needs an odd one), an
-        unknown ``dtype`` or ``attention_impl``.
+    Dropout takes an explicit PRNG ``key``; ``key=None`` means evaluation (no dropout). Its config
+    (:class:`~zoo.config.ConvS2SConfig`) has checked the kernel size and every choice.
     """
 
     has_attention = True
 
     def __init__(self, config: ConvS2SConfig, *, rngs: nnx.Rngs):
         c = config
-        if c.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {c.kernel_size}")
         self.config = c
         self.dtype = dtype = compute_dtype(c.dtype)
         self.attention_impl = attention_implementation(c.attention_impl, dtype, c.embed_dim)  # "auto" resolved

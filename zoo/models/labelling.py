@@ -18,6 +18,7 @@ real token and the backward direction after reading the first (for the LSTM, h o
 positions: the recurrences skip it (:func:`zoo.functional.cells.run_rnn`), and the backward
 direction starts at the last real token.
 
+Their configs are :class:`zoo.config.TaggerConfig` and :class:`zoo.config.ClassifierConfig`.
 Shapes: T padded length, E embedding, H hidden (2H bidirectional), L layers, V vocabulary,
 K tags or classes. Dropout (``config.dropout``) acts on the embeddings, between layers and
 before the output layer, and only when a ``key`` is given. Real token ids must lie in [0, V);
@@ -26,79 +27,21 @@ padded positions may hold any id, even an out-of-range one: the encoder reads th
 outputs but not out of the gradients).
 """
 
-from dataclasses import dataclass
-
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from zoo.config import ClassifierConfig, EncoderConfig, TaggerConfig
 from zoo.functional import cells
 from zoo.functional.layers import dropout, split_keys
 from zoo.functional.masks import length_mask
 from zoo.nn import StackedRNN, compute_dtype
 
 
-def _check_encoder_fields(config, out_field: str) -> None:
-    sizes = {"vocab_size": config.vocab_size, out_field: getattr(config, out_field), "embed_dim": config.embed_dim,
-             "hidden_dim": config.hidden_dim, "num_layers": config.num_layers}
-    for name, value in sizes.items():
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if config.cell not in cells.NUM_GATES:
-        raise ValueError(f"unknown cell {config.cell!r}; choose from {', '.join(cells.NUM_GATES)}")
-    if not 0.0 <= config.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
-    compute_dtype(config.dtype)
-
-
-@dataclass(frozen=True)
-class TaggerConfig:
-    """:class:`SequenceTagger`: one of ``num_tags`` tags per token (POS tagging, slot filling).
-
-    Raises:
-      ValueError: a size below 1, an unknown cell or dtype, or a dropout outside [0, 1).
-    """
-
-    vocab_size: int
-    num_tags: int
-    embed_dim: int
-    hidden_dim: int
-    cell: str = "lstm"  # "rnn" (Elman), "lstm" or "gru"
-    num_layers: int = 1
-    bidirectional: bool = True
-    dropout: float = 0.0
-    dtype: str = "float32"  # compute dtype (zoo.nn.precision): float32 | bfloat16; logits float32
-
-    def __post_init__(self):
-        _check_encoder_fields(self, "num_tags")
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """:class:`SequenceClassifier`: one of ``num_classes`` classes per sequence (sentiment, topic).
-
-    Raises:
-      ValueError: a size below 1, an unknown cell or dtype, or a dropout outside [0, 1).
-    """
-
-    vocab_size: int
-    num_classes: int
-    embed_dim: int
-    hidden_dim: int
-    cell: str = "lstm"  # "rnn" (Elman), "lstm" or "gru"
-    num_layers: int = 1
-    bidirectional: bool = True
-    dropout: float = 0.0
-    dtype: str = "float32"  # compute dtype (zoo.nn.precision): float32 | bfloat16; logits float32
-
-    def __post_init__(self):
-        _check_encoder_fields(self, "num_classes")
-
-
 class _Encoder(nnx.Module):
     """Embedding and :class:`~zoo.nn.StackedRNN`, shared by the tagger and the classifier."""
 
-    def __init__(self, config, *, rngs: nnx.Rngs):
+    def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
         dtype = compute_dtype(c.dtype)
@@ -207,5 +150,4 @@ def classification_nll(logits, label):
     return optax.softmax_cross_entropy_with_integer_labels(logits, label)
 
 
-__all__ = ["ClassifierConfig", "SequenceClassifier", "SequenceTagger", "TaggerConfig", "classification_nll",
-           "tagging_correct", "tagging_nll"]
+__all__ = ["SequenceClassifier", "SequenceTagger", "classification_nll", "tagging_correct", "tagging_nll"]

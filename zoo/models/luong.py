@@ -38,9 +38,6 @@ from zoo.functional.layers import dropout, scan_keys, split_keys
 from zoo.functional.masks import length_mask, reverse_padded
 from zoo.nn import Attention, StackedRNN, compute_dtype
 
-ATTENTIONS = ("global", "local-m", "local-p")
-DECODER_INITS = ("encoder", "zeros")
-
 
 class Memory(NamedTuple):
     """What the encoder leaves for the decoder (one sentence)."""
@@ -53,27 +50,17 @@ class Memory(NamedTuple):
 
 
 class Luong(nnx.Module):
-    """Luong attention encoder-decoder on one example (``jax.vmap`` it over a batch).
-
-    Raises:
-      ValueError: unknown ``config.attention``, ``decoder_init`` or score, hard attention with local-p, an odd
-        ``hidden_dim`` with ``bidirectional_encoder``.
-    """
+    """Luong attention encoder-decoder on one example (``jax.vmap`` it over a batch). Its config
+    (:class:`~zoo.config.LuongConfig`) has checked every choice."""
 
     has_attention = True
 
     def __init__(self, config: LuongConfig, *, rngs: nnx.Rngs):
         c = config
-        if c.attention not in ATTENTIONS:
-            raise ValueError(f"unknown attention {c.attention!r}; choose from {', '.join(ATTENTIONS)}")
-        if c.decoder_init not in DECODER_INITS:
-            raise ValueError(f"unknown decoder_init {c.decoder_init!r}; choose from {', '.join(DECODER_INITS)}")
         self.config = c
         self.dtype = dtype = compute_dtype(c.dtype)
         self.src_embed = nnx.Embed(c.src_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
         self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.embed_dim, dtype=dtype, rngs=rngs)
-        if c.bidirectional_encoder and c.hidden_dim % 2:
-            raise ValueError(f"bidirectional_encoder splits hidden_dim in two directions; got an odd {c.hidden_dim}")
         self.encoder = StackedRNN("lstm", c.embed_dim, c.hidden_dim // 2 if c.bidirectional_encoder else c.hidden_dim,
                                   c.num_layers, bidirectional=c.bidirectional_encoder, dropout=c.dropout, dtype=dtype,
                                   rngs=rngs)

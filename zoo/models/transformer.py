@@ -41,9 +41,7 @@ from zoo.functional import positional as pe
 from zoo.functional.layers import dropout, split_keys
 from zoo.nn import MultiHeadAttention, compute_dtype
 
-POSITIONAL = ("sinusoidal", "sinusoidal-concat", "learned", "shaw", "rope", "alibi")
-ABSOLUTE = ("sinusoidal", "sinusoidal-concat", "learned")
-NORMS = ("pre", "post")
+ABSOLUTE = ("sinusoidal", "sinusoidal-concat", "learned")  # the positional encodings added to the embeddings
 
 
 class Memory(NamedTuple):
@@ -169,18 +167,14 @@ class Transformer(nnx.Module):
     Dropout takes an explicit PRNG ``key``; ``key=None`` means evaluation (no dropout).
 
     Raises:
-      ValueError: unknown ``positional``, ``norm``, ``dtype`` or ``attention_impl``, d_model not
-        divisible by num_heads, or Shaw's positions with a fused or blocked ``attention_impl``.
+      ValueError: d_model not divisible by num_heads, or Shaw's positions with a fused or blocked
+        ``attention_impl`` (the config, :class:`~zoo.config.TransformerConfig`, has checked the choices).
     """
 
     has_attention = True
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
         c = config
-        if c.positional not in POSITIONAL:
-            raise ValueError(f"unknown positional encoding {c.positional!r}; choose from {', '.join(POSITIONAL)}")
-        if c.norm not in NORMS:
-            raise ValueError(f"unknown norm {c.norm!r}; choose from pre, post")
         self.config, self.dtype = c, compute_dtype(c.dtype)
         self.src_embed = nnx.Embed(c.src_vocab_size, c.d_model, dtype=self.dtype, rngs=rngs)
         self.tgt_embed = nnx.Embed(c.tgt_vocab_size, c.d_model, dtype=self.dtype, rngs=rngs)
