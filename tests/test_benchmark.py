@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from compile_options import FAST_COMPILE
 
-from zoo.bench import cli, flops, layers, measure, runner, seq2seq, throughput
+from zoo import flops
+from zoo.bench import cli, layers, measure, runner, seq2seq, throughput
 from zoo.bench.fit import fit_exponent, fit_series
 from zoo.bench.measure import compile_program, memory_bytes, time_call, xla_flops
-from zoo.flops import dense_bf16_peak
 from zoo.functional import attention, cells
 from zoo.functional.convolution import conv1d
 
@@ -115,11 +115,11 @@ def test_time_call_reports_the_median_and_spread_of_its_runs():
 
 
 def test_flop_peak_table_knows_the_nvidia_chips():
-    assert dense_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
-    assert dense_bf16_peak("NVIDIA H100 PCIe") == 756e12
-    assert dense_bf16_peak("NVIDIA H200") == 989e12
-    assert dense_bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
-    assert dense_bf16_peak("cpu") is None
+    assert flops.dense_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert flops.dense_bf16_peak("NVIDIA H100 PCIe") == 756e12
+    assert flops.dense_bf16_peak("NVIDIA H200") == 989e12
+    assert flops.dense_bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert flops.dense_bf16_peak("cpu") is None
 
 
 # ---------------------------------------------------------------- the seq2seq models

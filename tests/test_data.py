@@ -236,8 +236,8 @@ def test_tatoeba_reader_names_a_missing_file(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("tatoeba", "test2016", "en", "fr"), r"--split 'test2016': tatoeba has train, val, test"),
     (("tatoeba", "train", "de", "en"), r"language 'de': tatoeba has en, fr"),
-    (("tatoeba", "train", "fr", "fr"), r"--src-lang and --tgt-lang are both 'fr'"),
-    (("wmt", "train", "en", "fr"), r"--dataset 'wmt': choose from multi30k, tatoeba"),
+    (("tatoeba", "train", "fr", "fr"), r"--data\.src-lang and --data\.tgt-lang are both 'fr'"),
+    (("wmt", "train", "en", "fr"), r"--data\.dataset 'wmt': choose from multi30k, tatoeba"),
 ])
 def test_load_split_refuses_unknown_names_before_reading(tmp_path, args, message):
     with pytest.raises(ZooError, match=message):

@@ -215,8 +215,8 @@ def test_translation_and_perplexities_split_batches_over_the_devices(tiny, monke
 
 def test_batch_that_does_not_split_over_the_devices_is_refused_before_writing(tmp_path, data_dir):
     workdir = tmp_path / "w"
-    with pytest.raises(ZooError, match=r"^--batch-size 6 does not split over 4 devices; use a multiple of 4$"):
+    with pytest.raises(ZooError, match=r"^--train\.batch-size 6 does not split over 4 devices; use a multiple of 4$"):
         train(tiny_config(batch_size=6), workdir, data_dir, progress=False)
-    with pytest.raises(ZooError, match=r"^--batch-size 6 does not split over 4 devices"):  # sizes validation batches
+    with pytest.raises(ZooError, match=r"^--train\.batch-size 6 does not split over 4 devices"):  # sizes validation batches
         train(tiny_config(batch_size=6, batch_tokens=80), workdir, data_dir, progress=False)
     assert not workdir.exists()

@@ -93,7 +93,7 @@ def test_a_diverging_run_stops_naming_the_step_and_saves_nothing_non_finite(tmp_
     (["--train.max-steps", "0"], "TrainConfig.max_steps=0: must be at least 1"),
     (["--train.epochs", "-1"], "TrainConfig.epochs=-1: must be at least 1"),
     (["--train.learning-rate", "nan"], "TrainConfig.learning_rate=nan: must be a finite number > 0"),
-    (["--train.batch-size", "6"], "--batch-size 6 does not split over 4 devices"),
+    (["--train.batch-size", "6"], "--train.batch-size 6 does not split over 4 devices"),
 ])
 def test_bad_flags_are_refused_before_anything_is_written(tmp_path, data, capsys, flags, message):
     workdir = tmp_path / "w"

@@ -1,4 +1,4 @@
-"""evaluate.py --all: the results manifest, the JSON per row, and the README tables made from them."""
+"""scripts/results_tables.py: the results manifest, the JSON per row, and the README tables made from them."""
 
 import json
 import shlex
@@ -6,11 +6,12 @@ from pathlib import Path
 
 import jax
 import pytest
+import results_tables
 import yaml
 from corpus import write_tiny_multi30k
+from results_tables import format_params, format_wall, regenerate, training_facts
 
 from zoo.cli import evaluate, train
-from zoo.results import format_params, format_wall, regenerate, training_facts
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
@@ -36,7 +37,7 @@ def write_case(tmp_path, entries, results, readme=None):
 
 
 def run_all(folder, readme, *flags):
-    return evaluate.main(["--all", "--results", str(folder), "--readme", str(readme), *flags])
+    return results_tables.main(["--results", str(folder), "--readme", str(readme), *flags])
 
 
 def entry(id_, **keys):
@@ -168,7 +169,7 @@ def test_all_evaluates_a_real_workdir(tmp_path):
 
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("evaluate.py: error: ")
+    assert err.count("\n") == 1 and err.startswith("results_tables.py: error: ")
     return err
 
 
@@ -194,14 +195,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, damage, mess
     assert {p: p.read_bytes() for p in (readme, *folder.iterdir())} == before
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--all", "--workdir", "w"], "--all evaluates the workdirs of the manifest; leave out --workdir"),
-    ([], "--workdir is required (or --all)"),
-    (["--workdir", "w", "--tables-only"], "--results, --readme and --tables-only go with --all"),
-])
-def test_all_and_workdir_exclude_each_other(capsys, argv, message):
-    assert evaluate.main(argv) == 2
-    assert message in one_error_line(capsys)
+def test_evaluate_needs_a_workdir(capsys):
+    assert evaluate.main([]) == 2
+    assert capsys.readouterr().err == "evaluate.py: error: --workdir is required\n"
 
 
 def test_the_readme_tables_are_the_ones_results_generates(tmp_path):

@@ -48,7 +48,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from zoo.config import Config, DataConfig, TrainConfig
-from zoo.errors import ZooError, read_json, write_text
+from zoo.errors import ZooError
+from zoo.io import read_json, write_text
 from zoo.models import MODELS
 
 CONFIG_FILE = "config.json"

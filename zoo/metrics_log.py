@@ -86,7 +86,7 @@ class MetricsLog:
             for name in ("loss", "grad_norm"):
                 if not math.isfinite(m[name]):
                     raise ZooError(f"step {step}: {name} is {float(m[name])}; stopping without saving (lower "
-                                   f"--learning-rate or --clip-norm; the last checkpoint is kept)")
+                                   f"--train.learning-rate or --train.clip-norm; the last checkpoint is kept)")
             tokens += float(m["tokens"])
             self.write(step=step, epoch=epoch, loss=float(m["loss"]), grad_norm=float(m["grad_norm"]), tokens=int(m["tokens"]))
         steps, last = len(per_step), per_step[-1][2]

@@ -48,7 +48,7 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
     workdir = Path(workdir).absolute()
     d, t = config.data, config.train
     if t.batch_size % jax.device_count():
-        raise ZooError(f"--batch-size {t.batch_size} does not split over {jax.device_count()} devices; "
+        raise ZooError(f"--train.batch-size {t.batch_size} does not split over {jax.device_count()} devices; "
                        f"use a multiple of {jax.device_count()}")
     train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
     val_src, val_tgt = load_split(d.dataset, "val", d.src_lang, d.tgt_lang, data_dir)
@@ -70,7 +70,8 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
         try:
             run.plan(0)
         except ValueError as e:
-            raise ZooError(f"--batch-tokens: {e} (rows are a multiple of 8 and of the {jax.device_count()} devices)") from None
+            raise ZooError(f"--train.batch-tokens: {e} (rows are a multiple of 8 and of the {jax.device_count()} "
+                           "devices)") from None
     return run, pipeline
 
 

@@ -4,7 +4,6 @@
     layers.py     self-attention O(n²·d), recurrent O(n·d²), convolution O(k·n·d²)
                   (Vaswani et al. 2017, Table 1)
     measure.py    median wall time after warm-up, XLA's memory and FLOP accounts, the run's setting
-    flops.py      analytic FLOP counts; known accelerator peaks
     fit.py        log-log least-squares exponents with their fit range
     peer_torch.py the same layers in PyTorch (imported only for ``--peer torch``)
     report.py     targets, printed tables, scaling.json

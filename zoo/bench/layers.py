@@ -1,9 +1,9 @@
 """The layer study: Vaswani et al. (2017), Table 1, measured. Per layer, for a sequence of length
 n and width d:
 
-    self-attention      O(n²·d)     4·n²·d FLOPs      (:func:`zoo.bench.flops.attention_flops`)
-    recurrent (LSTM)    O(n·d²)     16·n·d² FLOPs     (:func:`zoo.bench.flops.rnn_flops`, GRU 12·n·d²)
-    convolution         O(k·n·d²)   2·k·n·d² FLOPs    (:func:`zoo.bench.flops.conv1d_flops`)
+    self-attention      O(n²·d)     4·n²·d FLOPs      (:func:`zoo.flops.attention_flops`)
+    recurrent (LSTM)    O(n·d²)     16·n·d² FLOPs     (:func:`zoo.flops.rnn_flops`, GRU 12·n·d²)
+    convolution         O(k·n·d²)   2·k·n·d² FLOPs    (:func:`zoo.flops.conv1d_flops`)
 
 Self-attention runs three ways on the same (B, n, N heads, d/N) query, key and value (the
 projections, O(n·d²), are left out, as in Table 1):
@@ -22,7 +22,7 @@ recurrent layers also forward and backward (the gradient of the summed outputs w
 inputs and parameters), the pass PyTorch's nn.LSTM/nn.GRU are compared on.
 
 XLA's ``cost_analysis()`` counts a ``lax.scan`` body once: the recurrent layers' count is corrected
-with the cost of one step compiled on its own (:func:`zoo.bench.flops.loop_corrected`); the blocked
+with the cost of one step compiled on its own (:func:`zoo.flops.loop_corrected`); the blocked
 attention's with a one-block program (which also repeats the O(n·d) scaling and division per
 block, a relative overcount of about 1/(2·block_size)).
 """
@@ -33,10 +33,9 @@ from dataclasses import asdict, dataclass
 import jax
 import jax.numpy as jnp
 
-from zoo.bench import flops
+from zoo import flops
 from zoo.bench.fit import fit_series
 from zoo.bench.measure import compile_program, memory_bytes, time_call, xla_flops
-from zoo.flops import dense_bf16_peak
 from zoo.functional import attention, cells
 from zoo.functional.convolution import conv1d
 
@@ -215,7 +214,7 @@ def run(sizes: LayerSizes, dtype, device, repeats: int, warmup: int, kinds=KINDS
       dict: ``sizes``, ``implementation`` (of the fused attention), ``measurements`` and ``fits``.
     """
     implementation = fused_implementation(device, dtype)
-    peak = dense_bf16_peak(device.device_kind) if jnp.dtype(dtype) == jnp.bfloat16 else None
+    peak = flops.dense_bf16_peak(device.device_kind) if jnp.dtype(dtype) == jnp.bfloat16 else None
     measurements = []
     for kind in kinds:
         for n, d in points(sizes):

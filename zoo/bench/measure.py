@@ -94,7 +94,7 @@ def xla_flops(compiled) -> float:
     """The FLOP count of XLA's ``cost_analysis()`` (a dict, or a list of dicts, one per program).
 
     XLA counts the body of a ``while`` loop (a ``lax.scan``) once, whatever its trip count; see
-    :func:`zoo.bench.flops.loop_corrected`. Returns NaN when the backend gives no estimate.
+    :func:`zoo.flops.loop_corrected`. Returns NaN when the backend gives no estimate.
     """
     analysis = compiled.cost_analysis()
     if isinstance(analysis, dict):

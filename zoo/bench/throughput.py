@@ -279,7 +279,7 @@ def run_throughput(sizes: ThroughputSizes, out: Path, device, dtype: str = "floa
 
 
 def multi30k_batching(data_dir=None, batch_tokens: int = 4096) -> dict | None:
-    """Real-token share and distinct shapes of one epoch of ``--batch-tokens`` batches on Multi30k train."""
+    """Real-token share and distinct shapes of one epoch of ``--train.batch-tokens`` batches on Multi30k train."""
     from zoo.data.loader import real_token_share
 
     if not (resolve_data_dir(data_dir) / "multi30k").is_dir():
@@ -335,7 +335,7 @@ def throughput_table(results: dict) -> str:
     lines.append("* a smaller size than the default (see overrides in train.json); k=N: the loop ran N steps a call")
     if results.get("batching"):
         b = results["batching"]
-        lines.append(f"--batch-tokens {b['batch_tokens']} on Multi30k train: {b['real_token_share']:.3f} real target "
+        lines.append(f"--train.batch-tokens {b['batch_tokens']} on Multi30k train: {b['real_token_share']:.3f} real target "
                      f"tokens, {b['shapes']} shapes, {b['batches']} batches an epoch")
     for t in results["targets"]:
         value = "n/a" if t["value"] is None else f"{t['value']:.3f}"

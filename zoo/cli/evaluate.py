@@ -3,10 +3,7 @@
 Prints and (with ``--output``) writes corpus BLEU (sacreBLEU, cased detokenized and lowercased
 tokenized, with signatures) and teacher-forced and free-running perplexity. ``--src/--ref``
 evaluate any pair of line-aligned text files (plain or .gz) instead of a named split.
-Nothing is written into the workdir.
-
-``--all`` re-evaluates every workdir of ``results/runs.yaml`` into ``results/<id>.json`` and
-regenerates the README's results tables from those files (see :mod:`zoo.results`).
+Nothing is written into the workdir. (The README's results tables: ``scripts/results_tables.py``.)
 """
 
 import argparse
@@ -19,7 +16,7 @@ from zoo.errors import ZooError
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", help="the trained workdir (required, except with --all)")
+    p.add_argument("--workdir", help="the trained workdir (required)")
     p.add_argument("--split", default=None, help="a named split of the workdir's dataset (default: its last, the test "
                    "split: multi30k test2016, tatoeba test)")
     p.add_argument("--src", help="source-language text file (with --ref, instead of --split)")
@@ -33,41 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--plot-sentences", type=int, default=4, help="how many sentences --plot-attention draws")
     p.add_argument("--plot-layer", type=int, default=-1,
                    help="decoder layer whose heads --plot-attention draws, one panel per head (default: the last)")
-    p.add_argument("--all", action="store_true", help="re-evaluate every workdir of RESULTS/runs.yaml and regenerate "
-                   "the README's results tables")
-    p.add_argument("--results", help="with --all: the results folder (default: results)")
-    p.add_argument("--readme", help="with --all: the README whose tables are regenerated (default: README.md)")
-    p.add_argument("--tables-only", action="store_true", help="with --all: only regenerate the tables from the JSON files")
     return p.parse_args(argv)
-
-
-SINGLE_RUN_FLAGS = ("workdir", "split", "src", "ref", "step", "output", "hypotheses", "plot_attention")
-
-
-def check_mode(args) -> None:
-    """Refuse flags of one mode given in the other: --workdir (and the flags of one run) without
-    --all, --results/--readme/--tables-only without it."""
-    if args.all:
-        given = [f for f in SINGLE_RUN_FLAGS if getattr(args, f) is not None]
-        if given:
-            raise ZooError(f"--all evaluates the workdirs of the manifest; leave out --{given[0].replace('_', '-')}")
-        return
-    if args.results or args.readme or args.tables_only:
-        raise ZooError("--results, --readme and --tables-only go with --all")
-    if args.workdir is None:
-        raise ZooError("--workdir is required (or --all)")
-
-
-def main_all(args) -> int:
-    """``--all``: :func:`zoo.results.regenerate`."""
-    from zoo.results import regenerate
-
-    try:
-        regenerate(args.results or "results", args.readme or "README.md", args.data_dir, evaluate=not args.tables_only)
-    except ZooError as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def check_outputs(args) -> list[Path]:
@@ -85,13 +48,8 @@ def check_outputs(args) -> list[Path]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        check_mode(args)
-    except ZooError as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-    if args.all:
-        return main_all(args)
-    try:
+        if args.workdir is None:
+            raise ZooError("--workdir is required")
         if (args.src is None) != (args.ref is None):
             raise ZooError("--src and --ref go together")
         if args.beam_size < 1:

@@ -50,7 +50,7 @@ def _download(url: str, dest: Path) -> None:
 
 def _check(dataset: str, split: str, src_lang: str, tgt_lang: str) -> None:
     if dataset not in DATASETS:
-        raise ZooError(f"--dataset {dataset!r}: choose from {', '.join(DATASETS)}")
+        raise ZooError(f"--data.dataset {dataset!r}: choose from {', '.join(DATASETS)}")
     _, splits, langs = DATASETS[dataset]
     if split not in splits:
         raise ZooError(f"--split {split!r}: {dataset} has {', '.join(splits)}")
@@ -58,7 +58,7 @@ def _check(dataset: str, split: str, src_lang: str, tgt_lang: str) -> None:
         if lang not in langs:
             raise ZooError(f"language {lang!r}: {dataset} has {', '.join(langs)}")
     if src_lang == tgt_lang:
-        raise ZooError(f"--src-lang and --tgt-lang are both {src_lang!r}: choose two languages of {dataset}")
+        raise ZooError(f"--data.src-lang and --data.tgt-lang are both {src_lang!r}: choose two languages of {dataset}")
 
 
 def _multi30k_paths(root: Path, split: str, src_lang: str, tgt_lang: str) -> tuple[Path, Path]:

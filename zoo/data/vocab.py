@@ -3,7 +3,8 @@
 import json
 from collections import Counter
 
-from zoo.errors import ZooError, read_json, write_text
+from zoo.errors import ZooError
+from zoo.io import read_json, write_text
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)

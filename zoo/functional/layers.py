@@ -1,4 +1,5 @@
-"""Small feed-forward pieces: dropout and maxout."""
+"""Layers without parameters, as pure functions: dropout and maxout; and the PRNG key helpers that
+hand dropout its keys (a None key: evaluation, no dropout)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,7 @@
-"""The README's results tables, regenerated from evaluated JSON: ``python evaluate.py --all``.
+"""The README's results tables, regenerated from evaluated JSON.
+
+    python scripts/results_tables.py --data-dir ../shared/data   # re-evaluate every workdir present, then the tables
+    python scripts/results_tables.py --tables-only               # only rewrite the tables between the markers
 
 ``results/runs.yaml`` (the manifest) lists one entry per table row::
 
@@ -6,7 +9,7 @@
       table: bahdanau                # the README table, between <!-- results:bahdanau --> and <!-- /results:bahdanau -->
       label: "`bahdanau` (teacher forcing 1.0)"
       workdir: /work/runs/bahdanau
-      command: python train.py --model bahdanau --dataset multi30k --workdir /work/runs/bahdanau
+      command: python train.py --model bahdanau --data.dataset multi30k --workdir /work/runs/bahdanau
       hardware: 2 CPU cores (AMD EPYC), JAX 0.10.2
       split: test2016                # optional: default the dataset's test split
       beam_size: 5                   # optional: default 1 (greedy)
@@ -25,6 +28,7 @@ For an entry whose workdir exists, :func:`evaluate_entry` computes the row's JSO
 entry whose workdir is gone, or holds another run than ``command`` trains, keeps its JSON.
 """
 
+import argparse
 import datetime
 import json
 import math
@@ -32,11 +36,15 @@ import re
 import shlex
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
-from zoo.errors import ZooError, read_json, write_text
+from zoo.checkpoint import config_difference, read_config
+from zoo.cli.train import parse_args
+from zoo.errors import ZooError
+from zoo.io import read_json, write_text
 
 MANIFEST = "runs.yaml"
 REQUIRED = {"id", "table", "label", "workdir", "command", "hardware"}
@@ -127,8 +135,6 @@ def train_command_config(command: str):
     Raises:
       ZooError: not a train.py command, or flags train.py refuses.
     """
-    from zoo.cli.train import parse_args
-
     words = shlex.split(command, comments=True)
     starts = [i for i, word in enumerate(words) if word.endswith("train.py")]
     if not starts:
@@ -154,8 +160,6 @@ def training_facts(workdir, manifest_wall_s: float | None = None) -> dict:
     Raises:
       ZooError: no config or metrics, a damaged line, or no ``start`` line; naming the file.
     """
-    from zoo.checkpoint import read_config
-
     config = read_config(workdir)
     path = Path(workdir) / "metrics.jsonl"
     try:
@@ -213,7 +217,6 @@ def evaluate_entry(entry: dict, data_dir=None) -> dict:
     Raises:
       ZooError: an unreadable workdir or step, or missing data files.
     """
-    from zoo.checkpoint import read_config
     from zoo.data.corpora import DATASETS, load_split
     from zoo.evaluation import evaluate
     from zoo.translator import load
@@ -376,8 +379,6 @@ def regenerate(folder, readme_path, data_dir=None, evaluate: bool = True, log=pr
         whose workdir is gone (or not evaluated), a workdir that cannot be evaluated, or a README
         without an entry's table markers; one line naming the file and the entry.
     """
-    from zoo.checkpoint import config_difference, read_config
-
     folder, readme_path = Path(folder), Path(readme_path)
     entries = read_manifest(folder)
     try:
@@ -423,3 +424,23 @@ def regenerate(folder, readme_path, data_dir=None, evaluate: bool = True, log=pr
         write_text(folder / f"{e['id']}.json", json.dumps(results[e["id"]], indent=2) + "\n")
     write_text(readme_path, text)
     log(f"{readme_path}: regenerated {', '.join(tables)} from {len(runs)} results in {folder} ({len(todo)} evaluated now)")
+
+
+def main(argv=None) -> int:
+    """The command line (see the module docstring): exit status 0, or 2 after one error line."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default="results", help="the results folder: runs.yaml and one JSON per row (default: results)")
+    p.add_argument("--readme", default="README.md", help="the file whose marked tables are regenerated (default: README.md)")
+    p.add_argument("--data-dir", default=None, help="where the corpora are (default: $ZOO_DATA_DIR, else ~/.cache/zoo/data)")
+    p.add_argument("--tables-only", action="store_true", help="only regenerate the tables from the JSON files")
+    args = p.parse_args(argv)
+    try:
+        regenerate(args.results, args.readme, args.data_dir, evaluate=not args.tables_only)
+    except ZooError as e:
+        print(f"results_tables.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
