@@ -204,10 +204,10 @@ def test_all_and_workdir_exclude_each_other(capsys, argv, message):
     assert message in one_error_line(capsys)
 
 
-def test_the_readme_tables_are_the_ones_results_generates(tmp_path):
-    """No number in the repository's README tables is typed by hand: regenerating them from results/ changes nothing."""
+def test_the_results_page_tables_are_the_ones_results_generates(tmp_path):
+    """No number in the tables of docs/results.md is typed by hand: regenerating them from results/ changes nothing."""
     root = Path(__file__).resolve().parent.parent
-    readme = tmp_path / "README.md"
-    readme.write_bytes((root / "README.md").read_bytes())
-    regenerate(root / "results", readme, evaluate=False, log=lambda line: None)
-    assert readme.read_bytes() == (root / "README.md").read_bytes()
+    page = tmp_path / "results.md"
+    page.write_bytes((root / "docs" / "results.md").read_bytes())
+    regenerate(root / "results", page, evaluate=False, log=lambda line: None)
+    assert page.read_bytes() == (root / "docs" / "results.md").read_bytes()

@@ -1,9 +1,9 @@
-"""The README's results tables, regenerated from evaluated JSON: ``python evaluate.py --all``.
+"""The results tables of ``docs/results.md``, regenerated from evaluated JSON: ``python evaluate.py --all``.
 
 ``results/runs.yaml`` (the manifest) lists one entry per table row::
 
     - id: bahdanau                   # results/bahdanau.json holds the row's numbers
-      table: bahdanau                # the README table, between <!-- results:bahdanau --> and <!-- /results:bahdanau -->
+      table: bahdanau                # the table, between <!-- results:bahdanau --> and <!-- /results:bahdanau -->
       label: "`bahdanau` (teacher forcing 1.0)"
       workdir: /work/runs/bahdanau
       command: python train.py --model bahdanau --dataset multi30k --workdir /work/runs/bahdanau
@@ -386,7 +386,7 @@ def regenerate(folder, readme_path, data_dir=None, evaluate: bool = True, log=pr
 
     Args:
       folder: the results folder (``runs.yaml`` and the ``<id>.json`` files).
-      readme_path: the README whose marked tables are regenerated.
+      readme_path: the Markdown page whose marked tables are regenerated (``docs/results.md``).
       data_dir: where the corpora are.
       evaluate: False: only regenerate the tables from the JSON files (``--tables-only``).
       log: called with one line per entry kept or evaluated (none with ``evaluate`` False), then

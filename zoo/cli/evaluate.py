@@ -6,7 +6,7 @@ evaluate any pair of line-aligned text files (plain or .gz) instead of a named s
 Nothing is written into the workdir.
 
 ``--all`` re-evaluates every workdir of ``results/runs.yaml`` into ``results/<id>.json`` and
-regenerates the README's results tables from those files (see :mod:`zoo.results`).
+regenerates the results tables of ``docs/results.md`` from those files (see :mod:`zoo.results`).
 """
 
 import argparse
@@ -34,9 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--plot-layer", type=int, default=-1,
                    help="decoder layer whose heads --plot-attention draws, one panel per head (default: the last)")
     p.add_argument("--all", action="store_true", help="re-evaluate every workdir of RESULTS/runs.yaml and regenerate "
-                   "the README's results tables")
+                   "the results tables of docs/results.md")
     p.add_argument("--results", help="with --all: the results folder (default: results)")
-    p.add_argument("--readme", help="with --all: the README whose tables are regenerated (default: README.md)")
+    p.add_argument("--readme", help="with --all: the Markdown page whose tables are regenerated (default: docs/results.md)")
     p.add_argument("--tables-only", action="store_true", help="with --all: only regenerate the tables from the JSON files")
     return p.parse_args(argv)
 
@@ -63,7 +63,7 @@ def main_all(args) -> int:
     from zoo.results import regenerate
 
     try:
-        regenerate(args.results or "results", args.readme or "README.md", args.data_dir, evaluate=not args.tables_only)
+        regenerate(args.results or "results", args.readme or "docs/results.md", args.data_dir, evaluate=not args.tables_only)
     except ZooError as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
