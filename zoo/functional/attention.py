@@ -315,12 +315,12 @@ def blocked_attention(
       output (..., Tq, N, d_v), of the values' dtype.
 
     Examples:
-      Five keys in blocks of two (the last block padded), the last key masked: the reference's output.
+      Three keys in blocks of two (the last block padded), the last key masked: the reference's output.
 
       >>> import jax, jax.numpy as jnp
-      >>> q, k, v = jax.random.normal(jax.random.key(0), (3, 5, 2, 4))
-      >>> reference, _ = jax.jit(scaled_dot_product_attention)(q, k, v, mask=jnp.arange(5) < 4)
-      >>> blocked = jax.jit(blocked_attention, static_argnames="block_size")(q, k, v, key_length=4, block_size=2)
+      >>> q, k, v = jax.random.normal(jax.random.key(0), (3, 3, 2, 4))
+      >>> reference, _ = jax.jit(scaled_dot_product_attention)(q, k, v, mask=jnp.arange(3) < 2)
+      >>> blocked = jax.jit(blocked_attention, static_argnames="block_size")(q, k, v, key_length=2, block_size=2)
       >>> bool(jnp.allclose(blocked, reference, atol=1e-5))
       True
     """
