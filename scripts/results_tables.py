@@ -1,4 +1,4 @@
-"""The README's results tables, regenerated from evaluated JSON.
+"""The results tables of ``docs/results.md``, regenerated from evaluated JSON.
 
     python scripts/results_tables.py --data-dir ../shared/data   # re-evaluate every workdir present, then the tables
     python scripts/results_tables.py --tables-only               # only rewrite the tables between the markers
@@ -6,7 +6,7 @@
 ``results/runs.yaml`` (the manifest) lists one entry per table row::
 
     - id: bahdanau                   # results/bahdanau.json holds the row's numbers
-      table: bahdanau                # the README table, between <!-- results:bahdanau --> and <!-- /results:bahdanau -->
+      table: bahdanau                # the table, between <!-- results:bahdanau --> and <!-- /results:bahdanau -->
       label: "`bahdanau` (teacher forcing 1.0)"
       workdir: /work/runs/bahdanau
       command: python train.py --model bahdanau --data.dataset multi30k --workdir /work/runs/bahdanau
@@ -59,7 +59,7 @@ HEADERS = {  # column key -> header
 }
 _EQUAL_TRAINING = ("label", "seed", "params", "epochs", "bleu_lc_tok", "bleu", "ppl_teacher_forced", "val_ppl_last",
                    "val_ppl_trend", "wall", "tokens_per_s")  # the columns of a comparison at equal training
-TABLES = {  # README table -> (columns, split named in the BLEU header)
+TABLES = {  # results table -> (columns, split named in the BLEU header)
     "bahdanau": (("label", "params", "bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "wall",
                   "hardware"), "test2016"),
     "recurrent": (("label", "params", "epochs", "bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "wall",
@@ -308,7 +308,7 @@ def group_cells(group: str, rows: list[dict], numbers: list[dict]) -> dict:
 
 
 def render_table(table: str, entries: list[dict], results: dict) -> list[str]:
-    """The markdown lines of one README table.
+    """The markdown lines of one results table.
 
     Args:
       table: a key of :data:`TABLES`.
@@ -368,7 +368,7 @@ def regenerate(folder, readme_path, data_dir=None, evaluate: bool = True, log=pr
 
     Args:
       folder: the results folder (``runs.yaml`` and the ``<id>.json`` files).
-      readme_path: the README whose marked tables are regenerated.
+      readme_path: the Markdown page whose marked tables are regenerated (``docs/results.md``).
       data_dir: where the corpora are.
       evaluate: False: only regenerate the tables from the JSON files (``--tables-only``).
       log: called with one line per entry kept or evaluated (none with ``evaluate`` False), then
@@ -430,7 +430,8 @@ def main(argv=None) -> int:
     """The command line (see the module docstring): exit status 0, or 2 after one error line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="results", help="the results folder: runs.yaml and one JSON per row (default: results)")
-    p.add_argument("--readme", default="README.md", help="the file whose marked tables are regenerated (default: README.md)")
+    p.add_argument("--readme", default="docs/results.md",
+                   help="the Markdown page whose marked tables are regenerated (default: docs/results.md)")
     p.add_argument("--data-dir", default=None, help="where the corpora are (default: $ZOO_DATA_DIR, else ~/.cache/zoo/data)")
     p.add_argument("--tables-only", action="store_true", help="only regenerate the tables from the JSON files")
     args = p.parse_args(argv)

@@ -10,19 +10,13 @@ import sys
 
 import jax
 import numpy as np
-import optax
 import pytest
-from flax import nnx
 
 import zoo
 from zoo import checkpoint
 from zoo.checkpoint import CheckpointStore, WorkdirLock, read_config, write_or_check_config
-from zoo.config import BahdanauConfig, Config, DataConfig, TrainConfig
-from zoo.data.pipeline import TextPipeline
-from zoo.data.tokenize import Tokenizer
-from zoo.data.vocab import SPECIALS, Vocab
+from zoo.config import Config
 from zoo.errors import ZooError
-from zoo.models import build
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
@@ -223,26 +217,11 @@ def test_workdir_lock_refuses_a_live_holder_and_ignores_a_dead_ones_file(tmp_pat
 
 # ----- zoo.load: a tiny model saved as training saves it -----
 
-TINY = BahdanauConfig(src_vocab_size=10, tgt_vocab_size=9, embed_dim=4, hidden_dim=4, attention_dim=4, maxout_dim=4)
-
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A workdir with one Adam state of a tiny Bahdanau model, at step 7 in checkpoints/ and best/."""
-    workdir = tmp_path_factory.mktemp("workdir")
-    data = DataConfig(min_freq=1)
-    pipeline = TextPipeline(Tokenizer("de", True), Tokenizer("en", True),
-                            Vocab([*SPECIALS, "ein", "mann", "läuft", "hund", "katze", "."]),
-                            Vocab([*SPECIALS, "a", "man", "runs", "dog", "."]))
-    write_or_check_config(workdir, Config(model_name="bahdanau", model=TINY, data=data, train=TrainConfig()))
-    pipeline.save(workdir)
-    rng = np.random.default_rng(0)  # random parameters: a real initialisation compiles for seconds
-    params = jax.tree.map(lambda x: rng.normal(0.0, 0.5, x.shape).astype(x.dtype),
-                          nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build("bahdanau", TINY)))))
-    store = CheckpointStore(workdir)
-    store.save(7, {"params": params, "opt_state": optax.adam(1e-3).init(params), "step": np.int32(7)}, {}, val_loss=3.0)
-    store.close()
-    return workdir, params
+def workdir(tiny_workdir):
+    """``(workdir, params)``: a tiny Bahdanau model's workdir at step 7 (the repository's conftest.py)."""
+    return tiny_workdir
 
 
 def test_load_restores_only_parameters_into_an_abstract_model(workdir, monkeypatch):

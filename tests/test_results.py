@@ -200,10 +200,10 @@ def test_evaluate_needs_a_workdir(capsys):
     assert capsys.readouterr().err == "evaluate.py: error: --workdir is required\n"
 
 
-def test_the_readme_tables_are_the_ones_results_generates(tmp_path):
-    """No number in the repository's README tables is typed by hand: regenerating them from results/ changes nothing."""
+def test_the_results_page_tables_are_the_ones_results_generates(tmp_path):
+    """No number in the tables of docs/results.md is typed by hand: regenerating them from results/ changes nothing."""
     root = Path(__file__).resolve().parent.parent
-    readme = tmp_path / "README.md"
-    readme.write_bytes((root / "README.md").read_bytes())
-    regenerate(root / "results", readme, evaluate=False, log=lambda line: None)
-    assert readme.read_bytes() == (root / "README.md").read_bytes()
+    page = tmp_path / "results.md"
+    page.write_bytes((root / "docs" / "results.md").read_bytes())
+    regenerate(root / "results", page, evaluate=False, log=lambda line: None)
+    assert page.read_bytes() == (root / "docs" / "results.md").read_bytes()

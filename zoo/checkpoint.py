@@ -1,6 +1,7 @@
 """Workdirs and Orbax checkpoints. All Orbax use in the zoo lives here.
 
-A workdir holds:
+A workdir holds::
+
   ``config.json``                      the :class:`zoo.config.Config` (model, data, training)
   ``src_vocab.json``, ``tgt_vocab.json`` the vocabularies
   ``checkpoints/<step>/``              the latest resumable states (parameters, optimizer state,

@@ -1,14 +1,17 @@
 """Corpus BLEU (sacreBLEU), a dataset's negative log-likelihood, and perplexities of a trained
 model on a parallel corpus.
 
-Two BLEU flavours:
+Two BLEU flavours::
+
   ``bleu``         sacreBLEU's default (13a tokenization, cased) on detokenized hypotheses
                    against the raw references: the WMT-style number.
   ``bleu_lc_tok``  lowercased, Moses-tokenized hypotheses against references put through the
                    same tokenizer (punctuation normalisation, lowercasing, tokenizer.perl), with
                    ``tokenize="none"``: the protocol of most Multi30k papers and of the PyTorch
                    seq2seq tutorials (who tokenize with spaCy, so expect small differences).
-Two perplexities, exp of the token-level mean cross-entropy over the references:
+
+Two perplexities, exp of the token-level mean cross-entropy over the references::
+
   ``ppl_teacher_forced``  the decoder reads the reference prefix;
   ``ppl_free_running``    the decoder reads its own greedy outputs (teacher forcing ratio 0, as
                           the PyTorch tutorials' test loss), scored against the reference tokens.

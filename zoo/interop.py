@@ -10,7 +10,7 @@ Recurrent layers
 ----------------
 For layer k (``_reverse`` suffix: the backward direction of a bidirectional layer) the
 torch parameters map onto a :class:`zoo.nn.RNNLayer` (layout of :mod:`zoo.functional.cells`)
-as
+as::
 
     torch                   shape          zoo     shape
     weight_ih_l{k}          (G·H, D_k)  ->  w_i     (D_k, G·H)   transposed
@@ -30,7 +30,7 @@ state dict as the tanh one and cannot be told apart; zoo's Elman cell is tanh on
 
 Multi-head attention
 --------------------
-``nn.MultiheadAttention(D, N)`` onto a :class:`zoo.nn.MultiHeadAttention` ``(D, N)``:
+``nn.MultiheadAttention(D, N)`` onto a :class:`zoo.nn.MultiHeadAttention` ``(D, N)``::
 
     torch                   shape          zoo                  shape
     in_proj_weight          (3D, D)     ->  w_query, w_key,      (D, D) each: rows [0:D], [D:2D],
@@ -51,7 +51,7 @@ Transformer
 -----------
 The layers of ``nn.Transformer(d_model, nhead, num_encoder_layers, num_decoder_layers,
 dim_feedforward, dropout, activation="relu", norm_first=True)`` onto a pre-LN
-:class:`zoo.models.transformer.Transformer` (``config.norm == "pre"``):
+:class:`zoo.models.transformer.Transformer` (``config.norm == "pre"``)::
 
     torch                                    zoo
     encoder.layers.{i}.self_attn.*       ->  encoder[i].self_attention.*     (as above)

@@ -149,6 +149,16 @@ class Translator:
 
         Raises:
           ValueError: ``sentences`` is a bare string or holds a non-string; ``beam_size`` < 1.
+
+        Examples:
+          ``workdir`` holds a tiny, untrained Bahdanau model (see :func:`zoo.load`):
+
+          >>> import numpy as np, zoo
+          >>> hypotheses, attention = zoo.load(workdir).translate(["Ein Mann läuft.", "Ein Hund."])
+          >>> len(hypotheses), [a.shape[1] for a in attention]  # columns: the source tokens and <eos>
+          (2, [5, 4])
+          >>> all(np.allclose(a.sum(axis=1), 1.0, atol=1e-5) for a in attention)  # a row: one output token's weights
+          True
         """
         results = self.translate_tokens(sentences, beam_size)
         return [r.text for r in results], [r.attention for r in results]

@@ -3,7 +3,7 @@ length t, without attention (O(m + t) recurrent steps), with global attention (m
 with local attention (t·(2D + 1) scores, flat in m for m ≫ D).
 
 Glossary of shapes: B batch, m source length, t target length, V vocabulary, E embedding
-width, H hidden width (encoder and decoder), A additive attention width.
+width, H hidden width (encoder and decoder), A additive attention width::
 
     h_1..h_m = GRU_enc(E x_1 .. E x_m)                 annotations (m, H)
     s_0 = h_m;  s_i = GRU_dec(s_{i-1}, E y_{i-1})      decoder states (t, H)
@@ -16,7 +16,7 @@ al. 2014): m + t recurrent steps. With attention every target step scores every 
 position: m·t score evaluations (Bahdanau et al. 2015; Luong et al. 2015), each O(A) for the
 additive score vᵀ tanh(W_q s_i + W_k h_j) and O(H) for the dot score s_iᵀ h_j. Local attention
 (Luong et al. 2015, section 3.2, local-m: p_i = min(i, m − 1)) gathers and scores only the
-W = min(2D + 1, m) positions j with |j − p_i| <= D: t·W additive scores, so for m ≫ D its time
+W = min(2D + 1, m) positions j with ``|j − p_i| <= D``: t·W additive scores, so for m ≫ D its time
 grows with t·D and the encoder's m steps, not with m·t.
 
 The additive attention is computed in one of two ways, the same function up to rounding:

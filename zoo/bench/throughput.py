@@ -1,7 +1,7 @@
 """The training-throughput study: ``python benchmark.py train``.
 
 For every model at its default size (or the quick preset's small sizes), on real Multi30k
-sentences (or, without the corpus, a synthetic one with Multi30k's length distribution):
+sentences (or, without the corpus, a synthetic one with Multi30k's length distribution)::
 
   loop      target tokens/s of the whole training loop, :func:`zoo.training.train` with its
             real data path (Grain loader, token-budget batches, metrics every ``log_every``

@@ -3,6 +3,7 @@
 A batch is a dict of arrays with B rows:
   ``src`` int32 (B, S), ``src_length`` int32 (B,), ``tgt_in`` int32 (B, T) = [<bos>, y_1..y_n],
   ``tgt_out`` int32 (B, T) = [y_1..y_n, <eos>], ``tgt_length`` int32 (B,) = n + 1.
+
 Rows past the batch's examples are empty (lengths 0) and carry no loss.
 
 An epoch is a *plan*: a list of :class:`BatchSpec` (which examples, how many rows, what padded

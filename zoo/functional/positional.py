@@ -141,7 +141,7 @@ def alibi_slopes(num_heads: int) -> Float32[Array, " N"]:
 
 def alibi_bias(slopes: Float[Array, " N"], query_positions: Int[ArrayLike, " Tq"],
                key_positions: Int[ArrayLike, " Tk"]) -> Float32[Array, "N Tq Tk"]:
-    """ALiBi (Press et al. 2022, eq. in section 3): a penalty linear in the distance,
+    """ALiBi (Press et al. 2022, eq. in section 3): a penalty linear in the distance::
 
         bias[h, i, j] = −m_h · |i − j|
 

@@ -1,11 +1,12 @@
 """Named architectures and their registry.
 
-Every seq2seq model works on one example and offers:
-  ``encode(src, src_length, key=None) -> memory``,
-  ``initial_decoder_state(memory) -> state``,
-  ``decode_step(memory, state, y_prev, key=None) -> (state, logits (V,), weights (S,) or (L, N, S))``,
-  ``__call__(src, src_length, tgt_in, key=None) -> (logits (T, V), weights (T, S) or (T, L, N, S))``
-  (teacher forcing),
+Every seq2seq model works on one example and offers::
+
+  encode(src, src_length, key=None) -> memory
+  initial_decoder_state(memory) -> state
+  decode_step(memory, state, y_prev, key=None) -> (state, logits (V,), weights (S,) or (L, N, S))
+  __call__(src, src_length, tgt_in, key=None) -> (logits (T, V), weights (T, S) or (T, L, N, S))  # teacher forcing
+
 and a class attribute ``has_attention`` (models without attention return all-zero weights). The
 Transformer's and ConvS2S's ``__call__`` compute the weights only with ``return_weights=True``
 (otherwise None: the training loss runs their fused attention). The
@@ -70,7 +71,8 @@ def list_models() -> list[str]:
     """Names accepted by :func:`build`.
 
     Examples:
-      >>> list_models()
+      >>> import zoo
+      >>> zoo.list_models()
       ['bahdanau', 'cho', 'convs2s', 'luong', 'sutskever', 'transformer']
     """
     return sorted(MODELS)
@@ -103,6 +105,22 @@ def build(name: str, config=None, seed: int = 0, **overrides) -> nnx.Module:
 
     Raises:
       ValueError: unknown model name or config field, or a value the config refuses.
+
+    Examples:
+      A small Transformer (one layer each side, d_model 8, two heads, vocabularies of 12 and 10):
+
+      >>> import jax, zoo
+      >>> from flax import nnx
+      >>> model = zoo.build("transformer", src_vocab_size=12, tgt_vocab_size=10, d_model=8, num_heads=2, d_ff=16,
+      ...                   num_encoder_layers=1, num_decoder_layers=1)
+      >>> type(model).__name__, model.config.d_model
+      ('Transformer', 8)
+      >>> sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))  # parameters
+      1712
+      >>> zoo.build("rnn")
+      Traceback (most recent call last):
+      ...
+      ValueError: unknown model 'rnn'; choose from bahdanau, cho, convs2s, luong, sutskever, transformer
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(list_models())}")

@@ -2,7 +2,7 @@
 to Align and Translate", ICLR.
 
 Glossary of shapes: S source length, T target length, E embedding width, H hidden width
-(per encoder direction, and of the decoder), A attention width, L maxout width, V vocabulary.
+(per encoder direction, and of the decoder), A attention width, L maxout width, V vocabulary::
 
     h_j = [→h_j; ←h_j]                               bidirectional GRU annotations  (S, 2H)
     s_0 = tanh(W_init ←h_1)                          (appendix A.2.2)

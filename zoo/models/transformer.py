@@ -1,7 +1,7 @@
 """The Transformer: Vaswani et al. (2017), "Attention Is All You Need", NeurIPS.
 
 Glossary of shapes: S source length, T target length, D d_model, N heads, d_head = D/N,
-F the feed-forward width d_ff, L layers, V vocabulary, M ``max_length`` (the decoder's cache).
+F the feed-forward width d_ff, L layers, V vocabulary, M ``max_length`` (the decoder's cache)::
 
     x_0 = √D · E[tokens] (+ PE[positions])        embeddings (section 3.4), absolute positions (3.5)
     sublayer(x) = x + Dropout(f(LN(x)))            pre-LN (Xiong et al. 2020; ``norm="pre"``)
