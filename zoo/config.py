@@ -1,5 +1,11 @@
 """Frozen configuration dataclasses: the single source of truth, stored as JSON in a workdir.
 
+Every config is frozen and keyword-only. The model configs share :class:`ModelConfig`
+(``dropout``, ``dtype``; :class:`Seq2SeqConfig` adds the vocabulary sizes), whose check refuses,
+in one line, any integer below 1 and any choice outside its ``Literal`` type, whether the value
+comes from Python, a ``config.json`` or the command line (where tyro lists the choices). Which
+config belongs to which model name is the registry's business (:data:`zoo.models.MODELS`).
+
 Every model config has ``dtype``, the compute dtype of Flax's ``dtype``/``param_dtype``
 convention (:mod:`zoo.nn.precision`): "float32" (the default) or "bfloat16". Parameters, the
 optimizer state and the checkpoints stay float32 either way; matrix products, convolutions and

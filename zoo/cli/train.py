@@ -68,7 +68,7 @@ def read_config_file(path: str) -> Config:
     return config_from_dict(raw, f"--config {path}")
 
 
-def _select(argv: list[str]) -> tuple[str, str | None]:
+def _select(argv: list[str]) -> tuple[str | None, str | None]:
     """The first stage: ``--model`` and ``--config``, leaving ``argv`` to tyro."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("--model")
