@@ -6,7 +6,7 @@ Nothing here imports JAX at import time: ``tests/conftest.py`` sets ``XLA_FLAGS`
 import pytest
 
 # the doctests that read a trained workdir, given to them as the name ``workdir``
-NEEDS_WORKDIR = {"zoo.load", "zoo.translator.Translator.translate"}
+NEEDS_WORKDIR = {"zoo.load", "zoo.translation.TranslatorBase.translate"}
 
 
 @pytest.fixture(scope="session")

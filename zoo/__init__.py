@@ -5,9 +5,10 @@ The entry points::
     zoo.list_models()                 names of the registered architectures
     zoo.build(name, **overrides)      a freshly initialised model (flax.nnx.Module)
     zoo.load(workdir, step=None)      a trained model: .translate(sentences, beam_size=1)
-"""
 
-from zoo.models import build, list_models
+``build`` and ``list_models`` are imported on first use, so that ``import zoo.serving`` (an
+exported model run by JAX alone) imports no model code and no flax.
+"""
 
 
 def load(workdir, step=None):
@@ -27,6 +28,14 @@ def load(workdir, step=None):
     from zoo.translator import load as _load
 
     return _load(workdir, step)
+
+
+def __getattr__(name):
+    if name in ("build", "list_models"):
+        from zoo import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 
 __all__ = ["build", "list_models", "load"]

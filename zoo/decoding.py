@@ -110,3 +110,26 @@ def beam_search(model, memory, beam_size: int, max_length: int, length_penalty: 
     c, _ = jax.lax.scan(step, carry, jnp.arange(max_length))
     best = jnp.argmax(c["scores"] / jnp.maximum(c["lengths"], 1.0) ** length_penalty)
     return c["tokens"][best], c["weights"][best]
+
+
+def decode_batch(model, src, src_length, beam_size: int, max_length):
+    """Encode and decode a batch of sources: :func:`greedy` (``beam_size`` 1) or :func:`beam_search`
+    vmapped over the rows.
+
+    Args:
+      model: a zoo seq2seq model. src: int32 (B, S), padded source ids ending in <eos>.
+      src_length: int32 (B,). beam_size: K >= 1 (static). max_length: decoded steps T (static;
+        a symbolic dimension under ``jax.export``).
+
+    Returns:
+      ``(tokens int32 (B, T), weights (B, T, ...))`` as :func:`beam_search` per row.
+    """
+
+    def one(src, src_length):
+        memory = model.encode(src, src_length)
+        if beam_size == 1:
+            tokens, _, weights = greedy(model, memory, max_length)
+            return tokens, weights
+        return beam_search(model, memory, beam_size, max_length)
+
+    return jax.vmap(one)(src, src_length)
