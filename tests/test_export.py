@@ -22,18 +22,31 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
 
+# greedy for every model, beam search for one (test_serve.py runs the Transformer's beam search over HTTP)
+BEAM_SIZES = {"bahdanau": [1, 3]}
+
+
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory):
     return {name: tiny_workdir(tmp_path_factory.mktemp(name), name) for name in TINY}
 
 
+@pytest.fixture(scope="module")
+def loaded(workdirs, tmp_path_factory):
+    """Per model: ``zoo.load(workdir)`` and its export (one translator a model, so that its
+    compiled programs serve every test)."""
+    folder = tmp_path_factory.mktemp("exported")
+    out = {}
+    for name, workdir in workdirs.items():
+        translator = zoo.load(workdir)
+        out[name] = translator, export_file(translator, folder / f"{name}.zoo", beam_sizes=BEAM_SIZES.get(name, [1]))
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_exported_file_translates_as_the_workdir(workdirs, tmp_path, name):
-    """Greedy for every model; beam search too where the weights have most structure (layers and
-    heads), and for a recurrent model in the test below."""
-    beam_sizes = [1, 3] if name == "transformer" else [1]
-    translator = zoo.load(workdirs[name])
-    path = export_file(translator, tmp_path / f"{name}.zoo", beam_sizes=beam_sizes)
+def test_exported_file_translates_as_the_workdir(loaded, name):
+    translator, path = loaded[name]
+    beam_sizes = BEAM_SIZES.get(name, [1])
     exported = load_exported(path)
     assert exported.has_attention == type(translator.model).has_attention
     assert (exported.step, exported.beam_sizes, exported.max_source_length) == (3, beam_sizes, translator.max_source_length)
@@ -104,9 +117,8 @@ print(json.dumps({"hypotheses": hypotheses, "weights": [w.tolist() for w in weig
 """
 
 
-def test_exported_file_translates_where_model_code_and_flax_cannot_be_imported(workdirs, tmp_path):
-    translator = zoo.load(workdirs["bahdanau"])
-    path = export_file(translator, tmp_path / "b.zoo", beam_sizes=[3])
+def test_exported_file_translates_where_model_code_and_flax_cannot_be_imported(loaded):
+    translator, path = loaded["bahdanau"]
     done = subprocess.run([sys.executable, "-c", BLOCKED, str(path), json.dumps(SENTENCES)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

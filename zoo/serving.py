@@ -68,7 +68,7 @@ class ExportedTranslator(TranslatorBase):
         return jax.device_get(self._decoders[beam_size](self.params, batch["src"], batch["src_length"], steps))
 
 
-def _platform() -> str:
+def current_platform() -> str:
     """JAX's default platform, named as ``jax.export`` names platforms."""
     return {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
 
@@ -102,7 +102,7 @@ def load_exported(path) -> ExportedTranslator:
                         for k in manifest["beam_sizes"]}
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
         raise ZooError(f"{path}: not a complete zoo export ({type(e).__name__}: {e})") from None
-    if _platform() not in manifest["platforms"]:
+    if current_platform() not in manifest["platforms"]:
         raise ZooError(f"{path}: exported for {','.join(manifest['platforms'])}, not for this machine's "
-                       f"{_platform()}; export again with --platforms {_platform()}")
+                       f"{current_platform()}; export again with --platforms {current_platform()}")
     return ExportedTranslator(manifest, params, decoders)

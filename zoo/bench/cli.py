@@ -18,7 +18,8 @@ How the cost of each mechanism grows, on whatever device JAX sees:
 
 Writes DIR/scaling.json (every measurement, fitted exponent with its range, and target),
 DIR/table.txt (the printed table) and log-log PNGs with the fitted slopes; the train study
-writes DIR/train.json, DIR/train_table.txt and DIR/train.png.
+writes DIR/train.json, DIR/train_table.txt and DIR/train.png; the serve study DIR/serve.json
+and DIR/serve_table.txt.
 """
 
 import argparse
@@ -35,8 +36,10 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("studies", nargs="*", metavar="STUDY",
-                   help=f"any of {', '.join(STUDIES)}, train (default: {' and '.join(STUDIES)})")
-    p.add_argument("--models", nargs="+", default=None, help="train study: these models (default: all)")
+                   help=f"any of {', '.join(STUDIES)}, train, serve (default: {' and '.join(STUDIES)})")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="train study: these models (default: all); serve study: the first (default: bahdanau)")
+    p.add_argument("--exported", default=None, help="serve study: serve this file of python -m zoo.export")
     p.add_argument("--data-dir", default=None, help="train study: where Multi30k is (default: $ZOO_DATA_DIR, ...)")
     p.add_argument("--quick", action="store_true", help="small sizes, forward passes: a minute or so on a laptop CPU")
     p.add_argument("--device", default=None, help="cpu, gpu or tpu (default: JAX's default device)")
@@ -49,12 +52,29 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def main_serve(args, out: Path) -> None:
+    """The serve study (:func:`zoo.bench.serving.run_serving`)."""
+    from zoo.bench import serving
+    from zoo.models import list_models
+
+    model = (args.models or ["bahdanau"])[0]
+    if model not in list_models():
+        raise ZooError(f"--models: unknown model {model!r}; choose from {', '.join(list_models())}")
+    exported = Path(args.exported) if args.exported else None
+    if exported is not None and not exported.is_file():
+        raise ZooError(f"--exported {exported}: no such file")
+    try:
+        serving.run_serving(serving.QUICK if args.quick else serving.FULL, out, model, exported)
+    except RuntimeError as e:
+        raise ZooError(f"serve study: {str(e).splitlines()[0]}") from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         from zoo.bench.runner import QUICK, STUDIES, full_preset, run_benchmark
 
-        unknown = [s for s in args.studies if s not in (*STUDIES, "train")]
+        unknown = [s for s in args.studies if s not in (*STUDIES, "train", "serve")]
         if unknown:
             raise ZooError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
         if args.repeats is not None and args.repeats < MIN_REPEATS:
@@ -93,6 +113,8 @@ def main(argv=None) -> int:
                 peer = args.peer and TorchSeq2SeqPeer(device, args.dtype, args.peer_threads)
                 throughput.run_throughput(throughput.QUICK if args.quick else throughput.FULL, out, device, args.dtype,
                                           args.models, peer, args.data_dir)
+            if "serve" in args.studies:
+                main_serve(args, out)
         except PeerUnavailable as e:
             raise ZooError(str(e)) from None
     except ZooError as e:
