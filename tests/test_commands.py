@@ -73,4 +73,4 @@ def test_command_parses_with_todays_flags(where, script, arguments):
         from zoo.bench.runner import STUDIES
 
         args = benchmark.parse_args(argv)
-        assert set(args.studies) <= {*STUDIES, "train"}
+        assert set(args.studies) <= {*STUDIES, *benchmark.NAMED_ONLY}

@@ -29,6 +29,7 @@ from pathlib import Path
 from zoo.errors import ZooError
 
 MIN_REPEATS = 5
+NAMED_ONLY = ("train", "serve")  # studies that run only when named
 
 
 def parse_args(argv=None):
@@ -36,7 +37,7 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("studies", nargs="*", metavar="STUDY",
-                   help=f"any of {', '.join(STUDIES)}, train, serve (default: {' and '.join(STUDIES)})")
+                   help=f"any of {', '.join((*STUDIES, *NAMED_ONLY))} (default: {' and '.join(STUDIES)})")
     p.add_argument("--models", nargs="+", default=None,
                    help="train study: these models (default: all); serve study: the first (default: bahdanau)")
     p.add_argument("--exported", default=None, help="serve study: serve this file of python -m zoo.export")
@@ -74,9 +75,9 @@ def main(argv=None) -> int:
     try:
         from zoo.bench.runner import QUICK, STUDIES, full_preset, run_benchmark
 
-        unknown = [s for s in args.studies if s not in (*STUDIES, "train", "serve")]
+        unknown = [s for s in args.studies if s not in (*STUDIES, *NAMED_ONLY)]
         if unknown:
-            raise ZooError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
+            raise ZooError(f"unknown study {unknown[0]!r}; choose from {', '.join((*STUDIES, *NAMED_ONLY))}")
         if args.repeats is not None and args.repeats < MIN_REPEATS:
             raise ZooError(f"--repeats {args.repeats}: every figure is a median of at least {MIN_REPEATS} runs")
         if args.peer_threads is not None and args.peer_threads < 1:
