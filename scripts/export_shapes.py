@@ -19,9 +19,8 @@ from flax import nnx
 from jax import export
 
 from zoo import decoding
-from zoo.config import MODEL_CONFIGS
 from zoo.data.batching import round_up
-from zoo.models import build
+from zoo.models import MODELS, build
 from zoo.serving import current_platform
 from zoo.translation import MAX_SOURCE_LENGTH
 
@@ -33,7 +32,7 @@ def main() -> None:
     p.add_argument("--sentence-tokens", type=int, default=12)
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()
-    config = MODEL_CONFIGS[args.model]()
+    config = MODELS[args.model].config()
     graphdef, state = nnx.split(build(args.model, config))
     leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
     S = round_up(args.sentence_tokens + 1, 8)

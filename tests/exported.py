@@ -12,9 +12,9 @@ from flax import nnx
 
 from zoo import export
 from zoo.checkpoint import CheckpointStore, write_or_check_config
-from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig
+from zoo.config import Config, DataConfig, TrainConfig
 from zoo.data.pipeline import TextPipeline
-from zoo.models import build
+from zoo.models import MODELS, build
 
 TINY = {
     "bahdanau": dict(embed_dim=4, hidden_dim=4, attention_dim=4, maxout_dim=4),
@@ -32,9 +32,9 @@ def tiny_workdir(workdir: Path, name: str) -> Path:
     vocabularies built on the tiny corpus of :mod:`corpus`."""
     src, tgt = zip(*sentence_pairs(48, 0))
     pipeline = TextPipeline.build(DataConfig(min_freq=1), list(src), list(tgt))
-    model = MODEL_CONFIGS[name](src_vocab_size=len(pipeline.src_vocab), tgt_vocab_size=len(pipeline.tgt_vocab),
+    model = MODELS[name].config(src_vocab_size=len(pipeline.src_vocab), tgt_vocab_size=len(pipeline.tgt_vocab),
                                 **TINY[name])
-    write_or_check_config(workdir, Config(name, model, DataConfig(min_freq=1), TrainConfig()))
+    write_or_check_config(workdir, Config(model_name=name, model=model, data=DataConfig(min_freq=1), train=TrainConfig()))
     pipeline.save(workdir)
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: rng.normal(0.0, 1.0, x.shape).astype(x.dtype),

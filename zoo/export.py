@@ -4,7 +4,8 @@
 
 The file is a zip archive (``unzip -l bahdanau.zoo`` lists it; no pickle anywhere):
 
-* ``manifest.json``: format and version, the workdir's config, step, the source and target
+* ``manifest.json``: format and version, the workdir's config (and its model config's class name in
+  :mod:`zoo.config`, which a reader needs to rebuild it without the model registry), step, the source and target
   vocabularies, whether the model attends, the beam sizes and platforms, the JAX version.
 * ``params.npz``: the parameters as the leaves of their pytree, in ``jax.tree.flatten`` order
   (``0000.npy``, ``0001.npy``, ...): float32, as trained.
@@ -103,7 +104,7 @@ def export_translator(translator: Translator, output, platforms=PLATFORMS, beam_
     config, pipeline = translator.config, translator.pipeline
     manifest = {
         "format": FORMAT, "version": VERSION, "jax_version": jax.__version__,
-        "config": json.loads(config.to_json()), "step": translator.step,
+        "config": json.loads(config.to_json()), "config_class": type(config.model).__name__, "step": translator.step,
         "has_attention": bool(type(translator.model).has_attention),
         "src_vocab": pipeline.src_vocab.itos, "tgt_vocab": pipeline.tgt_vocab.itos,
         "platforms": platforms, "beam_sizes": beam_sizes, "num_params": len(leaves),

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 from jax import export
 
-from zoo.config import Config
+from zoo import config as zoo_config
+from zoo.config import Config, DataConfig, Seq2SeqConfig, TrainConfig
 from zoo.data.pipeline import TextPipeline
 from zoo.data.tokenize import Tokenizer
 from zoo.data.vocab import Vocab
@@ -40,8 +41,8 @@ class ExportedTranslator(TranslatorBase):
       platforms: the platforms it was lowered for.
     """
 
-    def __init__(self, manifest: dict, params: list[np.ndarray], decoders: dict[int, export.Exported]):
-        self.config = Config.from_json(json.dumps(manifest["config"]))
+    def __init__(self, manifest: dict, config: Config, params: list[np.ndarray], decoders: dict[int, export.Exported]):
+        self.config = config
         data = self.config.data
         self.pipeline = TextPipeline(Tokenizer(data.src_lang, data.lowercase), Tokenizer(data.tgt_lang, data.lowercase),
                                      Vocab(manifest["src_vocab"]), Vocab(manifest["tgt_vocab"]))
@@ -66,6 +67,17 @@ class ExportedTranslator(TranslatorBase):
         self.check_beam_size(beam_size)
         steps = np.zeros((max_length,), np.int32)  # only its length T reaches the module
         return jax.device_get(self._decoders[beam_size](self.params, batch["src"], batch["src_length"], steps))
+
+
+def _config(manifest: dict) -> Config:
+    """The exported config, rebuilt from :mod:`zoo.config` alone (:func:`zoo.checkpoint.config_from_dict`
+    needs the model registry, which imports flax)."""
+    cls = getattr(zoo_config, manifest["config_class"], None)
+    if not (isinstance(cls, type) and issubclass(cls, Seq2SeqConfig)):
+        raise ValueError(f"config_class {manifest['config_class']!r} is not a model config of zoo.config")
+    raw = manifest["config"]
+    return Config(model_name=raw["model_name"], model=cls(**raw["model"]), data=DataConfig(**raw["data"]),
+                  train=TrainConfig(**raw["train"]))
 
 
 def current_platform() -> str:
@@ -100,9 +112,10 @@ def load_exported(path) -> ExportedTranslator:
                 params = [npz[f"{i:04d}"] for i in range(manifest["num_params"])]
             decoders = {k: export.deserialize(bytearray(archive.read(f"decode/beam{k}.jaxexport")))
                         for k in manifest["beam_sizes"]}
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+        config = _config(manifest)
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as e:
         raise ZooError(f"{path}: not a complete zoo export ({type(e).__name__}: {e})") from None
     if current_platform() not in manifest["platforms"]:
         raise ZooError(f"{path}: exported for {','.join(manifest['platforms'])}, not for this machine's "
                        f"{current_platform()}; export again with --platforms {current_platform()}")
-    return ExportedTranslator(manifest, params, decoders)
+    return ExportedTranslator(manifest, config, params, decoders)

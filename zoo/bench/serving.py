@@ -62,16 +62,16 @@ def export_fresh_model(name: str, overrides: dict, path: Path) -> Path:
     import jax
     from flax import nnx
 
-    from zoo.config import MODEL_CONFIGS, Config, DataConfig, TrainConfig
+    from zoo.config import Config, DataConfig, TrainConfig
     from zoo.data.pipeline import TextPipeline
     from zoo.data.tokenize import Tokenizer
     from zoo.data.vocab import SPECIALS, Vocab
     from zoo.export import export_translator
-    from zoo.models import build
+    from zoo.models import MODELS, build
     from zoo.serving import current_platform
     from zoo.translator import Translator
 
-    config = Config(name, MODEL_CONFIGS[name](**overrides), DataConfig(), TrainConfig())
+    config = Config(model_name=name, model=MODELS[name].config(**overrides), data=DataConfig(), train=TrainConfig())
     src_tokenizer, tgt_tokenizer = Tokenizer("de"), Tokenizer("en")
     words = sorted({t for s in SENTENCES for t in src_tokenizer.tokenize(s)})
 
