@@ -3,7 +3,8 @@
 A workdir holds::
 
   ``config.json``                      the :class:`zoo.config.Config` (model, data, training)
-  ``src_vocab.json``, ``tgt_vocab.json`` the vocabularies
+  ``src_vocab.json``, ``tgt_vocab.json`` the vocabularies (word level), or
+  ``spm.model``                        the joint SentencePiece model (subwords; :mod:`zoo.data.subword`)
   ``checkpoints/<step>/``              the latest resumable states (parameters, optimizer state,
                                        step, PRNG key, data position), Orbax, the last 2 kept
   ``best/<step>/``                     the state with the lowest finite validation loss

@@ -12,7 +12,7 @@ from flax import nnx
 from zoo.checkpoint import read_config, write_or_check_config
 from zoo.config import Config
 from zoo.data.batching import BatchSpec
-from zoo.data.corpora import load_split
+from zoo.data.corpora import load_split, split_paths
 from zoo.data.dataset import epoch_plan, within_max_length
 from zoo.data.pipeline import TextPipeline
 from zoo.distributed import barrier, is_main
@@ -52,11 +52,12 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
                        f"use a multiple of {jax.device_count()}")
     train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
     val_src, val_tgt = load_split(d.dataset, "val", d.src_lang, d.tgt_lang, data_dir)
-    if (workdir / TextPipeline.FILES[0]).exists():  # a workdir that was started before
+    if TextPipeline.saved_in(d, workdir):  # a workdir that was started before
         saved = read_config(workdir).model
         pipeline = TextPipeline.load(d, workdir, (saved.src_vocab_size, saved.tgt_vocab_size))
     else:
-        pipeline = TextPipeline.build(d, train_src, train_tgt)
+        origin = " and ".join(map(str, split_paths(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)))
+        pipeline = TextPipeline.build(d, train_src, train_tgt, origin)
     vocab_sizes = {"src_vocab_size": len(pipeline.src_vocab), "tgt_vocab_size": len(pipeline.tgt_vocab)}
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, **vocab_sizes))
     try:
@@ -76,11 +77,11 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
 
 
 def write_workdir(run: Run, pipeline: TextPipeline) -> None:
-    """Write ``config.json`` and the vocabularies into a new workdir; in a used one, check that
+    """Write ``config.json`` and the vocabularies (or SentencePiece model) into a new workdir; in a used one, check that
     its config is this run's (:func:`zoo.checkpoint.write_or_check_config`). Process 0 writes,
     after every process has read the workdir (:func:`prepare`)."""
     barrier("zoo.prepare")
     if is_main():
         write_or_check_config(run.workdir, run.config)
-        if not (run.workdir / TextPipeline.FILES[0]).exists():
+        if not TextPipeline.saved_in(run.config.data, run.workdir):
             pipeline.save(run.workdir)
