@@ -168,7 +168,7 @@ class Trainer:
         if self.pos.step == 0:
             self.log.write(event="start", step=0, num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
                            devices=str(jax.devices()), steps_per_epoch=self.steps_per_epoch,
-                           real_token_share=real_token_share(first_plan, run.train_ids[1]),
+                           real_token_share=real_token_share(first_plan, [len(t) for t in run.train_ids[1]]),
                            skipped_long_pairs=run.skipped)
         if run.skipped:
             self.print(f"left out {run.skipped} training pairs longer than {run.config.data.max_length} tokens "
