@@ -1,7 +1,7 @@
 """SentencePiece subwords: ids aligned with the zoo's, round trips, one-line errors, train -> resume -> load."""
 
 import dataclasses
-import gzip
+import json
 import unicodedata
 
 import pytest
@@ -83,15 +83,23 @@ def tiny_config(max_steps: int, vocab_size: int = 48) -> Config:
     return Config("bahdanau", model, dataclasses.replace(SUBWORDS, vocab_size=vocab_size), train_config)
 
 
-def test_train_resume_and_load_with_sentencepiece(tmp_path):
-    data_dir = write_tiny_multi30k(tmp_path / "data")
+def losses(workdir):
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+def test_train_resume_and_load_with_sentencepiece_from_prepared_data(tmp_path):
+    data_dir, cache = write_tiny_multi30k(tmp_path / "data"), tmp_path / "prepared"
+    train(tiny_config(max_steps=3), tmp_path / "in-memory", data_dir, progress=False)
     workdir = tmp_path / "run"
-    train(tiny_config(max_steps=2), workdir, data_dir, progress=False)
+    train(tiny_config(max_steps=2), workdir, data_dir, progress=False, prepared_dir=cache)  # checkpoint at step 2
     model_bytes = (workdir / "spm.model").read_bytes()
     assert not (workdir / "src_vocab.json").exists()
-    (data_dir / "multi30k" / "train.en.gz").write_bytes(gzip.compress(b"Other words entirely.\n" * 48))
-    result = train(tiny_config(max_steps=3), workdir, data_dir, progress=False)  # resumes with the saved model
-    assert result["step"] == 3 and (workdir / "spm.model").read_bytes() == model_bytes
+    [prepared] = [p for p in cache.iterdir()]
+    assert (prepared / "spm.model").read_bytes() == model_bytes
+    result = train(tiny_config(max_steps=3), workdir, data_dir, progress=False, prepared_dir=cache)
+    assert result["step"] == 3 and (workdir / "spm.model").read_bytes() == model_bytes  # the saved model, reused
+    assert losses(workdir) == losses(tmp_path / "in-memory")  # prepared = in memory, and resumed bit for bit
     translator = zoo.load(workdir)
     assert (translator.config.model.src_vocab_size, translator.config.model.tgt_vocab_size) == (48, 48)
     [result] = translator.translate_tokens(["Ein Hund schläft im Park."])

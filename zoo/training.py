@@ -34,7 +34,7 @@ from tqdm import tqdm
 from zoo.checkpoint import CheckpointStore, WorkdirLock
 from zoo.compilation import CompileCounter
 from zoo.config import Config, TrainConfig
-from zoo.data.batching import chunk_lengths
+from zoo.data.batching import chunk_lengths, example_lengths
 from zoo.data.loader import device_batches, real_token_share
 from zoo.distributed import data_parallel, is_main, state_shardings
 from zoo.evaluation import dataset_nll, make_eval_nll, perplexity
@@ -168,7 +168,7 @@ class Trainer:
         if self.pos.step == 0:
             self.log.write(event="start", step=0, num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
                            devices=str(jax.devices()), steps_per_epoch=self.steps_per_epoch,
-                           real_token_share=real_token_share(first_plan, [len(t) for t in run.train_ids[1]]),
+                           real_token_share=real_token_share(first_plan, example_lengths(run.train_ids)[1]),
                            skipped_long_pairs=run.skipped)
         if run.skipped:
             self.print(f"left out {run.skipped} training pairs longer than {run.config.data.max_length} tokens "
@@ -245,8 +245,11 @@ class Trainer:
         self.log.close()
 
 
-def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict:
+def train(config: Config, workdir, data_dir=None, progress: bool = True, prepared_dir=None) -> dict:
     """Train ``config`` on its dataset, checkpointing into ``workdir`` and resuming from it.
+
+    ``prepared_dir``: read the training split from prepared shards in this cache, preparing them
+    first when missing or stale (:func:`zoo.run.prepare`); None: tokenize it into memory.
 
     SIGTERM or SIGINT during training: the calls already queued (at most two) finish, a resumable checkpoint is saved
     at it (waiting for the save to commit), and ``train`` returns with ``stopped_by`` set.
@@ -262,7 +265,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
         or a non-finite loss or gradient norm (nothing is saved then).
     """
     start, val_loss = time.time(), None
-    run, pipeline = prepare(config, workdir, data_dir)
+    run, pipeline = prepare(config, workdir, data_dir, prepared_dir)
     lock = WorkdirLock(run.workdir) if is_main() else contextlib.nullcontext()  # one lock a run, held by process 0
     with lock, CompileCounter() as compiles, StopSignal() as stop:
         write_workdir(run, pipeline)

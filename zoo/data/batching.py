@@ -167,6 +167,13 @@ def examples(ids, indices) -> tuple[list, list]:
     return ids.read(indices)
 
 
+def example_lengths(ids) -> tuple[np.ndarray, np.ndarray]:
+    """Source and target tokens (without <eos>) of every example of ``ids`` (as :func:`examples`)."""
+    if isinstance(ids, tuple):
+        return np.array([len(s) for s in ids[0]], np.int64), np.array([len(t) for t in ids[1]], np.int64)
+    return ids.lengths[:, 0], ids.lengths[:, 1]
+
+
 def collate(src_ids, tgt_ids, indices, batch_size: int, length_multiple: int = 8,
             lengths: tuple[int, int] | None = None) -> dict:
     """Pad the examples ``indices`` into a batch of ``batch_size`` rows (see the module docstring).

@@ -32,6 +32,7 @@ whose manifest is missing or whose files' sizes differ from it (truncated) is pr
 """
 
 import concurrent.futures
+import copy
 import dataclasses
 import hashlib
 import json
@@ -58,6 +59,9 @@ LENGTHS = "lengths.npy"
 # DataConfig fields that do not change the ids: they act when batches are planned, from lengths.npy
 PLANNING_FIELDS = ("length_multiple", "max_length")
 ARRAY_RECORD_OPTIONS = "group_size:1,uncompressed"  # one record a chunk: random access reads one record
+# Pairs a worker process takes at least: below, starting a process (about 1.5 s with its imports)
+# costs more than it saves; a small corpus is prepared in this process.
+MIN_PAIRS_PER_WORKER = 10_000
 
 
 def prepared_root(prepared_dir=None) -> Path:
@@ -91,10 +95,19 @@ class PreparedData:
         self.manifest = read_json(self.directory / MANIFEST)
         self.lengths = np.load(self.directory / LENGTHS)
         self.dtype = np.dtype(self.manifest["dtype"])
+        self.rows = np.arange(len(self.lengths))  # the records this view reads: example i is record rows[i]
         self._source = None
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def within_max_length(self, max_length: int) -> tuple["PreparedData", int]:
+        """A view of the pairs whose source and target, each with <eos>, have at most
+        ``max_length`` tokens (as :func:`zoo.training.within_max_length`), and how many were left out."""
+        kept = np.flatnonzero(self.lengths.max(axis=1) + 1 <= max_length)
+        view = copy.copy(self)
+        view.rows, view.lengths = self.rows[kept], self.lengths[kept]
+        return view, len(self.lengths) - len(kept)
 
     @property
     def source(self):
@@ -107,13 +120,13 @@ class PreparedData:
 
     def read(self, indices) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Source and target ids (int32 arrays, no <eos>) of the pairs ``indices``, read from the shards."""
-        indices = [int(i) for i in indices]
-        records = self.source.__getitems__(indices) if indices else []
+        indices = np.asarray(indices, np.int64)
+        records = self.source.__getitems__(self.rows[indices].tolist()) if len(indices) else []
         srcs, tgts = [], []
-        for i, record in zip(indices, records):
+        for n, record in zip(self.lengths[indices, 0], records):
             ids = np.frombuffer(record, self.dtype).astype(np.int32)
-            srcs.append(ids[: self.lengths[i, 0]])
-            tgts.append(ids[self.lengths[i, 0] :])
+            srcs.append(ids[:n])
+            tgts.append(ids[n:])
         return srcs, tgts
 
     def pipeline(self, data: DataConfig) -> TextPipeline:
@@ -150,7 +163,7 @@ def ensure_prepared(data: DataConfig, data_dir=None, prepared_dir=None, workers:
     Args:
       data: the data config. data_dir: the corpora (:func:`zoo.data.corpora.resolve_data_dir`).
       prepared_dir: the cache (:func:`prepared_root`).
-      workers: worker processes (default: every core).
+      workers: worker processes (default: every core, at most one per :data:`MIN_PAIRS_PER_WORKER` pairs).
       pipeline_dir: a folder holding the pipeline the ids must be made with (a workdir started
         before); the cached preparation is used only if it was made with identical files, else
         it is prepared again with that pipeline. None: the preparation builds its own.
@@ -169,7 +182,7 @@ def ensure_prepared(data: DataConfig, data_dir=None, prepared_dir=None, workers:
     if why is None:
         return PreparedData(directory)
     log(f"preparing the training data ({why})")
-    prepare(data, paths, directory, workers or os.cpu_count() or 1, pipeline_dir, data_dir)
+    prepare(data, paths, directory, workers, pipeline_dir, data_dir)
     return PreparedData(directory)
 
 
@@ -182,7 +195,7 @@ def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def prepare(data: DataConfig, paths, directory: Path, workers: int, pipeline_dir=None, data_dir=None) -> None:
+def prepare(data: DataConfig, paths, directory: Path, workers: int | None = None, pipeline_dir=None, data_dir=None) -> None:
     """Prepare the training split into ``directory`` atomically (see the module docstring).
 
     The pairs are cut into ``workers`` contiguous shards, encoded in ``workers`` processes. Word
@@ -195,6 +208,7 @@ def prepare(data: DataConfig, paths, directory: Path, workers: int, pipeline_dir
       ZooError: as :func:`ensure_prepared`.
     """
     src, tgt = load_split(data.dataset, "train", data.src_lang, data.tgt_lang, data_dir)
+    workers = workers or min(os.cpu_count() or 1, max(1, len(src) // MIN_PAIRS_PER_WORKER))
     root = directory.parent
     tmp = root / f".{directory.name}.tmp-{os.getpid()}"
     try:
