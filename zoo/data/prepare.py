@@ -103,7 +103,7 @@ class PreparedData:
 
     def within_max_length(self, max_length: int) -> tuple["PreparedData", int]:
         """A view of the pairs whose source and target, each with <eos>, have at most
-        ``max_length`` tokens (as :func:`zoo.training.within_max_length`), and how many were left out."""
+        ``max_length`` tokens (as :func:`zoo.data.dataset.within_max_length`), and how many were left out."""
         kept = np.flatnonzero(self.lengths.max(axis=1) + 1 <= max_length)
         view = copy.copy(self)
         view.rows, view.lengths = self.rows[kept], self.lengths[kept]
