@@ -119,3 +119,16 @@ def test_the_manifest_names_the_corpus_and_config(tmp_path, data_dir):
     manifest = json.loads((prepared.directory / MANIFEST).read_text())
     assert manifest["num_pairs"] == 48 and manifest["data"]["min_freq"] == 1 and manifest["dtype"] == "uint16"
     assert [p.rsplit("/", 1)[1] for p in manifest["corpus"]] == ["train.de.gz", "train.en.gz"]
+
+
+def test_the_data_study_corpus_resamples_train_and_keeps_val_and_test(tmp_path, data_dir):
+    from zoo.bench.datascale import synthetic_corpus, table
+
+    out = synthetic_corpus(data_dir, tmp_path / "x3", 3)
+    real_src, real_tgt = load_split("multi30k", "train", "de", "en", data_dir)
+    src, tgt = load_split("multi30k", "train", "de", "en", out)
+    assert len(src) == 3 * len(real_src) and set(zip(src, tgt)) <= set(zip(real_src, real_tgt))  # pairs kept whole
+    assert load_split("multi30k", "val", "de", "en", out) == load_split("multi30k", "val", "de", "en", data_dir)
+    row = {"pipeline": "subword", "scale": 3, "pairs": 144, "prep_all_cores_sentences_per_s": 12345.6,
+           "peak_rss_bytes": 3 * 2**20, "first_step_s": 1.25, "loop_tokens_per_s": 999.5}
+    assert table([row]).splitlines()[-1] == "| subword | 3× Multi30k (synthetic) | 144 | — | 12,346 | 3 | 1.2 | 1,000 |"
