@@ -132,3 +132,19 @@ def test_the_data_study_corpus_resamples_train_and_keeps_val_and_test(tmp_path, 
     row = {"pipeline": "subword", "scale": 3, "pairs": 144, "prep_all_cores_sentences_per_s": 12345.6,
            "peak_rss_bytes": 3 * 2**20, "first_step_s": 1.25, "loop_tokens_per_s": 999.5}
     assert table([row]).splitlines()[-1] == "| subword | 3× Multi30k (synthetic) | 144 | — | 12,346 | 3 | 1.2 | 1,000 |"
+
+
+def test_a_full_disk_is_one_line_naming_the_shard_and_leaves_nothing(tmp_path, data_dir, monkeypatch):
+    from array_record.python import array_record_module
+
+    class FullDisk:
+        def __init__(self, path, options):
+            self.path = path
+
+        def write(self, record):
+            raise RuntimeError(f"write() failed: No space left on device; writing {self.path}; at byte 0")
+
+    monkeypatch.setattr(array_record_module, "ArrayRecordWriter", FullDisk)
+    with pytest.raises(ZooError, match=r"train-00000-of-00001\.arrayrecord: cannot write \(write\(\) failed: No space left"):
+        ensure_prepared(WORDS, data_dir, tmp_path / "prepared", workers=1, log=lambda line: None)
+    assert list((tmp_path / "prepared").iterdir()) == []

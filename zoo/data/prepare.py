@@ -290,12 +290,15 @@ def _encode_shard(data: DataConfig, pipeline_dir: str, text: tuple, path: str, d
         tgt_ids = [pipeline.tgt_vocab.encode(t) for t in tgt_tokens]
     else:
         src_ids, tgt_ids = pipeline.encode_source(text[0]), pipeline.encode_target(text[1])
-    writer = ArrayRecordWriter(path, ARRAY_RECORD_OPTIONS)
     lengths = np.empty((len(src_ids), 2), np.int32)
-    for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
-        writer.write(np.array(s + t, dtype).tobytes())
-        lengths[i] = len(s), len(t)
-    writer.close()
+    try:
+        writer = ArrayRecordWriter(path, ARRAY_RECORD_OPTIONS)
+        for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
+            writer.write(np.array(s + t, dtype).tobytes())
+            lengths[i] = len(s), len(t)
+        writer.close()
+    except RuntimeError as e:  # array_record's I/O errors, e.g. "write() failed: No space left on device; ..."
+        raise OSError(0, str(e).split(";")[0], path) from None
     return lengths.ravel()
 
 
