@@ -105,7 +105,8 @@ def test_two_processes_train_as_one_and_the_run_resumes_on_one(tmp_path, data_di
     # (an empty line, a line cut at '[Gloo] Rank '): only the lines that are ours count
     ours = lambda line: line.strip() and "[Gloo]" not in line and "peer ranks" not in line
     printed = [[line for line in out.read_text().splitlines() if ours(line)] for out, _ in logs]
-    assert len(printed[0]) == 2 and printed[0][1].startswith("trained to step 7 (epoch 1)") and printed[1] == []  # only process 0
+    assert len(printed[0]) == 3 and printed[0][0].startswith("preparing the training data (")  # process 0 prepares
+    assert printed[0][2].startswith("trained to step 7 (epoch 1)") and printed[1] == []  # only process 0 prints
 
     train(tiny_config(max_steps=9), one, data_dir, progress=False)  # the reference: one process, 4 devices
     expected, got = losses(one), losses(two)
