@@ -133,9 +133,6 @@ class PreparedData:
         """The tokenizers and vocabularies that made the ids."""
         return TextPipeline.load(data, self.directory)
 
-    def __getstate__(self):  # Grain may pickle the dataset; the source reopens in the other process
-        return {**self.__dict__, "_source": None}
-
 
 def damage(directory: Path) -> str | None:
     """Why the prepared folder cannot be trusted (one line naming the file), or None if it can:
