@@ -139,8 +139,9 @@ def run_scale(pipeline: str, scale: int, data: Path, work: Path, log) -> dict:
     for key in ("prep_one_core_s", "prep_all_cores_s"):
         if key in row:
             row[key.replace("_s", "_sentences_per_s")] = 2 * pairs / row[key]
-    log(f"  {pipeline} {scale}x: preparation {row.get('prep_one_core_s', float('nan')):.1f} s on one core, "
-        f"{row.get('prep_all_cores_s', float('nan')):.1f} s on all")
+    timed = [f"{row[key]:.1f} s on {cores}" for key, cores in (("prep_one_core_s", "one core"), ("prep_all_cores_s", "all"))
+             if key in row]
+    log(f"  {pipeline} {scale}x: preparation {', '.join(timed) or 'not timed'}")
     train = [sys.executable, "train.py", "--data-dir", str(data), *MODEL, *flags,
              *(["--prepared-dir", "off"] if pipeline == "word" else [])]
     loop_dir, first_dir = work / f"runs/{pipeline}-{scale}x-loop", work / f"runs/{pipeline}-{scale}x-first"
