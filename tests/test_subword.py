@@ -6,6 +6,7 @@ import unicodedata
 
 import pytest
 from corpus import sentence_pairs, write_tiny_multi30k
+from exported import export_file
 
 import zoo
 from zoo.config import BahdanauConfig, Config, DataConfig, TrainConfig
@@ -13,6 +14,7 @@ from zoo.data.pipeline import TextPipeline
 from zoo.data.subword import SubwordTokenizer
 from zoo.data.vocab import SPECIALS, UNK_ID, Vocab
 from zoo.errors import ZooError
+from zoo.serving import load_exported
 from zoo.training import train
 
 pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
@@ -80,7 +82,8 @@ def test_a_damaged_model_file_is_named(tmp_path, pipeline):
 def tiny_config(max_steps: int, vocab_size: int = 48) -> Config:
     model = BahdanauConfig(embed_dim=8, hidden_dim=8, attention_dim=8, maxout_dim=8, dropout=0.0)
     train_config = TrainConfig(epochs=1, batch_size=8, checkpoint_every=2, max_steps=max_steps)
-    return Config("bahdanau", model, dataclasses.replace(SUBWORDS, vocab_size=vocab_size), train_config)
+    data = dataclasses.replace(SUBWORDS, vocab_size=vocab_size)
+    return Config(model_name="bahdanau", model=model, data=data, train=train_config)
 
 
 def losses(workdir):
@@ -106,6 +109,9 @@ def test_train_resume_and_load_with_sentencepiece_from_prepared_data(tmp_path):
     tokenizer = translator.pipeline.tgt_tokenizer
     assert result.source_tokens == tokenizer.tokenize("Ein Hund schläft im Park.") + ["<eos>"]
     assert result.text == tokenizer.detokenize([t for t in result.tokens if t != "<eos>"])
+    exported = load_exported(export_file(translator, tmp_path / "model.zoo"))  # spm.model travels in the file
+    sentences = ["Ein Hund schläft im Park.", "Eine Katze singt."]
+    assert exported.translate(sentences)[0] == translator.translate(sentences)[0]
 
 
 def test_a_vocab_size_the_corpus_cannot_give_names_the_files_and_writes_nothing(tmp_path):
