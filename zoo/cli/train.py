@@ -56,6 +56,8 @@ class RunOptions:
     coordinator_address: str | None = None  # multi-process run: HOST:PORT of process 0 (any free port)
     num_processes: int | None = None  # multi-process run: how many processes
     process_id: int | None = None  # multi-process run: this process's index, from 0
+    compile_only: str | None = None  # a topology (tpu:v5e-8, ...: zoo.aot.TOPOLOGIES): compile the step, print HBM and roofline
+    output: str | None = None  # with --compile-only: also write the report as JSON to this file
 
 
 def read_config_file(path: str) -> Config:
@@ -152,9 +154,33 @@ def parse_args(argv=None) -> tuple[Config, RunOptions]:
     return Config(model_name=name, model=args.model, data=args.data, train=args.train), args.run
 
 
+def compile_only(config: Config, options: RunOptions) -> int:
+    """``--compile-only TOPOLOGY``: the step this command would train, compiled for the topology
+    (:func:`zoo.aot.plan`); prints the report, writes it to ``--output``; nothing into the workdir.
+
+    Raises:
+      ZooError: an unknown topology, no libtpu, or a step that does not fit a chip's HBM.
+    """
+    from zoo import aot
+
+    report = aot.plan(config, aot.topology(options.compile_only), options.workdir, options.data_dir)
+    if not report.fits:
+        raise aot.DoesNotFit(f"{config.model_name} does not fit {report.topology}: {report.peak_bytes / 1e9:.2f} GB a chip, "
+                             f"over the {report.hbm_bytes / 1e9:.2f} GB HBM of a {report.chip}")
+    print(report.summary())
+    if options.output:
+        try:
+            Path(options.output).write_text(report.to_json() + "\n")
+        except OSError as e:
+            raise ZooError(f"--output {options.output}: {e.strerror}") from None
+    return 0
+
+
 def main(argv=None) -> int:
     try:
         config, options = parse_args(argv)
+        if options.compile_only:
+            return compile_only(config, options)
         explicit = (options.coordinator_address, options.num_processes, options.process_id)
         if options.distributed or explicit != (None, None, None):  # before any other JAX call
             from zoo.distributed import initialize

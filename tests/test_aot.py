@@ -1,0 +1,160 @@
+"""Ahead-of-time compilation for a TPU topology that is not there (zoo.aot, train.py --compile-only).
+
+One tiny Sutskever step compiled for a compile-only TPU v5e 2x2 slice (4 chips), data parallel and
+FSDP (two XLA:TPU compiles, the module's cost); the command-line tests compile nothing.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import math
+
+import jax
+import pytest
+from corpus import write_tiny_multi30k
+
+from zoo import aot
+from zoo.cli import train
+from zoo.config import Config, DataConfig, SutskeverConfig, TrainConfig
+from zoo.errors import ZooError
+from zoo.models import build
+
+V5E_4 = aot.TOPOLOGIES["tpu:v5e-4"]
+# widths of 128 (a TPU tile's lanes) that 4 chips divide, so that FSDP splits every matrix
+TINY = SutskeverConfig(src_vocab_size=512, tgt_vocab_size=512, embed_dim=128, hidden_dim=128, num_layers=1)
+BATCH = (16, 16, 16)  # B, S, T: 4 rows a chip
+
+
+def tiny_config(fsdp: bool) -> Config:
+    return Config("sutskever", TINY, DataConfig(), TrainConfig(batch_size=16, fsdp=fsdp))
+
+
+@pytest.fixture(scope="module")
+def libtpu():
+    try:
+        aot.compile_only_devices(V5E_4)
+    except (ZooError, RuntimeError) as e:
+        pytest.skip(f"libtpu cannot load here: {e}")
+
+
+@pytest.fixture(scope="module")
+def compiled(libtpu):
+    """``{"dp": (report, hlo), "fsdp": (report, hlo)}`` of the tiny step on tpu:v5e-4."""
+    out = {}
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats with int32 counts
+        for name, fsdp in (("dp", False), ("fsdp", True)):
+            report, executable = aot.compile_train_step(tiny_config(fsdp), V5E_4, BATCH)
+            out[name] = report, executable.as_text()
+    return out
+
+
+def test_data_parallel_step_fits_and_all_reduces_the_gradients(compiled):
+    report, hlo = compiled["dp"]
+    assert report.fits and report.num_chips == 4 and report.batch_shape == BATCH
+    assert "all-reduce" in hlo
+    assert "all-gather" not in hlo and "reduce-scatter" not in hlo  # replicated state: nothing to gather
+
+
+def test_fsdp_step_gathers_parameters_and_reduce_scatters_gradients(compiled):
+    report, hlo = compiled["fsdp"]
+    assert report.fits and report.fsdp
+    assert "all-gather" in hlo
+    assert "reduce-scatter" in hlo  # XLA:TPU names its fused form all-reduce-scatter
+
+
+def test_memory_and_cost_are_those_of_the_step(compiled):
+    dp, fsdp = compiled["dp"][0], compiled["fsdp"][0]
+    num_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: build("sutskever", TINY))))
+    assert dp.num_params == fsdp.num_params == num_params
+    state_bytes = 3 * 4 * num_params  # float32 parameters and Adam's two moments
+    assert dp.argument_bytes >= state_bytes  # replicated: all of it on every chip
+    assert state_bytes / 4 <= fsdp.argument_bytes < dp.argument_bytes / 2  # split four ways (plus the batch, padding)
+    assert dp.alias_bytes >= state_bytes  # the donated state is updated in place
+    for report in (dp, fsdp):
+        assert 0.5 < report.xla_flops / report.jaxpr_flops < 3  # XLA counts elementwise work too
+        assert report.roofline_s == max(report.xla_flops / V5E_4.chip.peak_bf16_flops,
+                                        report.bytes_accessed / V5E_4.chip.hbm_bandwidth)
+        assert report.tokens_per_s == pytest.approx(16 * 16 / report.roofline_s)
+        assert 0 < report.mfu < 1 and report.compile_s > 0
+        assert not dataclasses.replace(report, hbm_bytes=report.peak_bytes - 1).fits
+        assert json.loads(report.to_json())["peak_bytes"] == report.peak_bytes
+
+
+def test_every_tpu_topology_has_its_chips_as_compile_only_devices(libtpu):
+    for topo in aot.TOPOLOGIES.values():
+        if topo.platform == "tpu":
+            devices = aot.compile_only_devices(topo)
+            assert len(devices) == topo.num_chips, topo.name
+            assert {d.device_kind for d in devices} == {topo.chip.device_kind}, topo.name
+
+
+def test_roofline_is_the_slower_of_compute_and_memory():
+    chip = aot.CHIPS["v5p"]
+    assert aot.roofline(459e12, 2765e9 / 2, chip) == 1.0  # compute-bound
+    assert aot.roofline(459e12 / 4, 2765e9 * 2, chip) == 2.0  # memory-bound
+    assert set(aot.TOPOLOGIES) >= {"tpu:v4-8", "tpu:v5e-8", "tpu:v5e-16", "tpu:v5e-256", "tpu:v5p-8", "tpu:v6e-8", "gpu:h100"}
+
+
+def test_largest_batch_shape_is_the_plans_most_padded_tokens():
+    config = dataclasses.replace(tiny_config(False), train=TrainConfig(batch_tokens=256))
+    # 40 pairs in the bucket of 8 tokens (32 rows a batch), 3 in that of 20 (8 rows: 12 is no multiple of 8)
+    shape = aot.largest_batch_shape(config, [3] * 40 + [18] * 3, [2] * 40 + [10] * 3, num_chips=4)
+    assert shape == (32, 8, 8)  # 32·(8 + 8) = 512 padded tokens against 8·(20 + 20) = 320
+    with pytest.raises(ZooError, match="does not split over 3 chips"):
+        aot.largest_batch_shape(tiny_config(False), [3], [3], num_chips=3)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_tiny_multi30k(tmp_path_factory.mktemp("data"))
+
+
+def run_cli(capsys, *args) -> tuple[int, list[str]]:
+    code = train.main(["--model", "sutskever", *args])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_compile_only_prints_and_writes_the_report_and_nothing_into_the_workdir(compiled, data_dir, tmp_path, capsys,
+                                                                                monkeypatch):
+    calls = []
+
+    def compile_step(config, topo, batch_shape):  # the compile itself is the fixture's
+        calls.append((config.model.src_vocab_size, topo.name, batch_shape))
+        return compiled["dp"][0], None
+
+    monkeypatch.setattr(aot, "compile_train_step", compile_step)
+    workdir, output = tmp_path / "run", tmp_path / "report.json"
+    assert train.main(["--model", "sutskever", "--workdir", str(workdir), "--data-dir", str(data_dir), "--batch-size", "16",
+                       "--compile-only", "tpu:v5e-4", "--output", str(output)]) == 0
+    (vocab, name, (rows, src_len, tgt_len)), = calls
+    assert name == "tpu:v5e-4" and rows == 16 and src_len % 8 == tgt_len % 8 == 0
+    assert 10 < vocab < 40  # the tiny corpus's vocabulary, not the config's default
+    assert "fits" in capsys.readouterr().out
+    assert json.loads(output.read_text())["fits"] is True
+    assert not workdir.exists()
+
+
+def test_compile_only_refuses_a_step_that_does_not_fit_in_one_line(libtpu, data_dir, tmp_path, capsys):
+    # 6.5 G parameters: 78 GB of float32 parameters and Adam moments a chip, replicated, against 16 GiB: refused
+    # before compiling, from abstract shapes (nothing of that size is allocated)
+    code, err = run_cli(capsys, "--workdir", str(tmp_path / "run"), "--data-dir", str(data_dir), "--batch-size", "16",
+                        "--model.hidden-dim", "16384", "--model.num-layers", "2", "--compile-only", "tpu:v5e-4")
+    assert code == 2 and len(err) == 1
+    assert "does not fit tpu:v5e-4" in err[0] and "HBM of a TPU v5e" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_compile_only_refuses_an_unknown_topology_and_names_libtpu_when_missing(tmp_path, capsys, monkeypatch):
+    code, err = run_cli(capsys, "--workdir", str(tmp_path), "--compile-only", "tpu:v9-8")
+    assert code == 2 and len(err) == 1 and "tpu:v9-8" in err[0] and "tpu:v5e-8" in err[0]
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else find_spec(name, *a))
+    code, err = run_cli(capsys, "--workdir", str(tmp_path), "--compile-only", "tpu:v5e-8")
+    assert code == 2 and len(err) == 1 and 'pip install -e ".[tpu]"' in err[0]
+
+
+def test_a_cuda_topology_has_a_roofline_but_no_compile_only_devices():
+    h100 = aot.TOPOLOGIES["gpu:h100"]
+    assert math.isclose(aot.roofline(989e12, 0.0, h100.chip), 1.0)
+    with pytest.raises(ZooError, match="roofline predictions only"):
+        aot.compile_only_devices(h100)
