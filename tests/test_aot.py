@@ -14,6 +14,8 @@ import pytest
 from corpus import write_tiny_multi30k
 
 from zoo import aot
+from zoo.bench.cli import main as benchmark_main
+from zoo.bench.compile import largest_batch_tokens
 from zoo.cli import train
 from zoo.config import Config, DataConfig, SutskeverConfig, TrainConfig
 from zoo.errors import ZooError
@@ -153,8 +155,29 @@ def test_compile_only_refuses_an_unknown_topology_and_names_libtpu_when_missing(
     assert code == 2 and len(err) == 1 and 'pip install -e ".[tpu]"' in err[0]
 
 
-def test_a_cuda_topology_has_a_roofline_but_no_compile_only_devices():
+def test_compiling_for_cuda_without_its_plugin_names_the_extra():
     h100 = aot.TOPOLOGIES["gpu:h100"]
     assert math.isclose(aot.roofline(989e12, 0.0, h100.chip), 1.0)
-    with pytest.raises(ZooError, match="roofline predictions only"):
+    plugins = importlib.util.find_spec("jax_plugins")
+    if plugins and any(importlib.util.find_spec(f"jax_plugins.{name}") for name in ("xla_cuda12", "xla_cuda13")):
+        pytest.skip("JAX's CUDA plugin is installed here: gpu:h100 compiles (docs/accelerators.md)")
+    with pytest.raises(ZooError, match=r'pip install -e "\.\[cuda\]"'):
         aot.compile_only_devices(h100)
+
+
+@pytest.mark.parametrize("memory, start, found, tried", [
+    # HBM grows faster than the batch: the line's prediction (134749, rounded down) does not fit; one bisection
+    (lambda n: 2e9 + 1e5 * n + 0.1 * n**2, 8192, 83712, [8192, 32768, 134656, 83712]),
+    # the first size does not fit: shrink ×4, then bisect
+    (lambda n: 2e9 + 1e6 * n, 32768, 8192, [32768, 8192, 20480, 14336]),
+])
+def test_the_batch_search_finds_a_fitting_size_in_three_more_compiles(memory, start, found, tried):
+    compile_at = lambda n: {"fits": memory(n) <= 16e9, "peak_bytes": memory(n)}
+    result = largest_batch_tokens(compile_at, start, compile_at(start), hbm=16e9)
+    assert result["batch_tokens"] == found and [n for n, _ in result["tried"]] == tried
+    assert all((peak is None) == (memory(n) > 16e9) for n, peak in result["tried"])
+
+
+def test_benchmark_compile_refuses_a_topology_that_is_not_a_tpu(capsys):
+    assert benchmark_main(["compile", "--topologies", "gpu:h100"]) == 2
+    assert "not a TPU topology" in capsys.readouterr().err

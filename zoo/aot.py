@@ -18,6 +18,7 @@ Shapes: B rows a batch, S / T padded source / target length, k = ``steps_per_cal
 Byte counts are per chip; FLOPs are per chip and per training step.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -26,6 +27,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +79,25 @@ CHIPS = {
 }
 
 
+# XLA's description of an H100 SXM for compiling without one (a GpuTargetConfigProto in text form):
+# the fields XLA's GPU compiler reads, with the values of XLA's own spec file
+# openxla/xla xla/backends/gpu/target_config/specs/h100_sxm.txtpb (commit 0774019d), cuDNN 9.10 as JAX 0.10.2's.
+H100_SXM_TARGET_CONFIG = """
+gpu_device_info {
+  threads_per_block_limit: 1024  threads_per_warp: 32  shared_memory_per_block: 49152
+  shared_memory_per_core: 233472  threads_per_core_limit: 2048  core_count: 132  fpus_per_core: 128
+  block_dim_limit_x: 2147483647  block_dim_limit_y: 65535  block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000  l2_cache_size: 52428800  clock_rate_ghz: 1.98
+  device_memory_size: 84942979072  shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 feature_extension: ACCELERATED_FEATURES }
+  registers_per_core_limit: 65536  registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 10 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+
+
 @dataclass(frozen=True)
 class Topology:
     """A named slice: its chip, how many, and how ``jax.experimental.topologies.get_topology_desc``
@@ -89,6 +110,7 @@ class Topology:
     shape: str = ""
     chips_per_host_bounds: tuple[int, int, int] = (2, 2, 1)
     chip_config_name: str = "default"  # v4: "megacore", one JAX device per chip as on a real v4 VM
+    target_config: str = ""  # CUDA: XLA's GpuTargetConfigProto of the GPU, in text form
 
 
 # Cloud TPU names count chips for v5e/v6e (v5e-8: 8 chips) and TensorCores for v4/v5p (v4-8: 4 chips).
@@ -100,7 +122,7 @@ TOPOLOGIES = {t.name: t for t in (
     Topology("tpu:v5e-256", CHIPS["v5e"], 256, shape="v5e:16x16"),  # 64 hosts of 4 chips
     Topology("tpu:v5p-8", CHIPS["v5p"], 4, shape="v5p:2x2x1"),
     Topology("tpu:v6e-8", CHIPS["v6e"], 8, shape="v6e:2x4", chips_per_host_bounds=(2, 4, 1)),
-    Topology("gpu:h100", CHIPS["h100"], 1, platform="cuda"),  # roofline predictions; no compile-only devices
+    Topology("gpu:h100", CHIPS["h100"], 1, platform="cuda", shape="1x1x1", target_config=H100_SXM_TARGET_CONFIG),
 )}
 
 
@@ -139,26 +161,34 @@ def roofline(flops: float, bytes_accessed: float, chip: Chip) -> float:
 def compile_only_devices(topo: Topology) -> list:
     """The devices of ``topo`` as XLA's compiler for it sees them: they compile, they never run.
 
-    libtpu's probing of the cloud metadata is quieted (``TPU_ACCELERATOR_TYPE``,
+    CUDA: XLA's GPU compiler from JAX's CUDA plugin, told the GPU by ``topo.target_config``
+    (``JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1`` is set if unset, so that the plugin loads without the
+    CUDA libraries; it takes effect only if this process has not started its backends yet).
+    TPU: libtpu's probing of the cloud metadata is quieted (``TPU_ACCELERATOR_TYPE``,
     ``TPU_WORKER_HOSTNAMES=localhost``, set only if unset and only after this process's own
     backends started), and ``ALLOW_MULTIPLE_LIBTPU_LOAD=1`` lets it load while another process of
     the machine holds libtpu's lock file (every JAX process does once libtpu is installed).
 
     Raises:
-      ZooError: a topology without compile-only devices (CUDA: see docs/accelerators.md), or
-        libtpu not installed (naming ``pip install -e ".[tpu]"``).
+      ZooError: no CUDA plugin (naming ``pip install -e ".[cuda]"``) or no libtpu (naming
+        ``pip install -e ".[tpu]"``).
     """
-    if topo.platform != "tpu":
-        raise ZooError(f"{topo.name}: no compile-only {topo.platform} devices in this JAX (XLA needs the GPU to compile "
-                       f"for it; see docs/accelerators.md); its row serves roofline predictions only")
+    from jax.experimental import topologies
+
+    if topo.platform == "cuda":
+        os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+        try:
+            desc = topologies.get_topology_desc(topo.name, "cuda", target_config=topo.target_config, topology=topo.shape)
+        except NotImplementedError:
+            raise ZooError(f"{topo.name}: compiling for CUDA, even without a GPU, needs JAX's CUDA plugin: "
+                           f"pip install -e \".[cuda]\"") from None
+        return list(desc.devices)
     if importlib.util.find_spec("libtpu") is None:
         raise ZooError(f"{topo.name}: compiling for TPU needs libtpu: pip install -e \".[tpu]\"")
     jax.devices()  # this process's own backends first, untouched by the settings below
     for name, value in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-8"),
                         ("TPU_WORKER_HOSTNAMES", "localhost")):
         os.environ.setdefault(name, value)
-    from jax.experimental import topologies
-
     desc = topologies.get_topology_desc(topo.shape, "tpu", chip_config_name=topo.chip_config_name,
                                         chips_per_host_bounds=topo.chips_per_host_bounds, num_slices=1,
                                         wrap=(False, False, False))
@@ -185,9 +215,9 @@ class CompileReport:
     temp_bytes: int
     code_bytes: int
     hbm_bytes: float
-    xla_flops: float  # cost_analysis(): every op XLA counts, elementwise included
+    xla_flops: float | None  # cost_analysis(): every op XLA counts, elementwise included; None: no cost analysis
     jaxpr_flops: float  # zoo.flops.jaxpr_flops of the traced step / chips: matrix products only
-    bytes_accessed: float
+    bytes_accessed: float | None  # cost_analysis()'s; None: no cost analysis
     compile_s: float
 
     @property
@@ -201,8 +231,12 @@ class CompileReport:
 
     @property
     def roofline_s(self) -> float:
-        """:func:`roofline` of XLA's FLOPs and bytes on this chip."""
-        return roofline(self.xla_flops, self.bytes_accessed, TOPOLOGIES[self.topology].chip)
+        """:func:`roofline` of XLA's FLOPs and bytes on this chip; where XLA gives no cost analysis
+        (deviceless CUDA), of the jaxpr's FLOPs and the bytes of the arguments read and the outputs
+        written once: a looser lower bound."""
+        flops = self.jaxpr_flops if self.xla_flops is None else self.xla_flops
+        moved = self.argument_bytes + self.output_bytes if self.bytes_accessed is None else self.bytes_accessed
+        return roofline(flops, moved, TOPOLOGIES[self.topology].chip)
 
     @property
     def tokens_per_step(self) -> int:
@@ -234,11 +268,33 @@ class CompileReport:
             f"HBM a chip: {gb(self.peak_bytes)} of {gb(self.hbm_bytes)} ({'fits' if self.fits else 'does NOT fit'}): "
             f"arguments {gb(self.argument_bytes)}, temporaries {gb(self.temp_bytes)}, outputs {gb(self.output_bytes)} "
             f"({gb(self.alias_bytes)} of them over donated arguments), code {gb(self.code_bytes)}",
-            f"FLOPs a step a chip: {self.xla_flops / 1e9:.2f} G (XLA), {self.jaxpr_flops / 1e9:.2f} G (matrix products, "
-            f"jaxpr); bytes accessed {gb(self.bytes_accessed)}",
+            f"FLOPs a step a chip: {'-' if self.xla_flops is None else f'{self.xla_flops / 1e9:.2f}'} G (XLA), "
+            f"{self.jaxpr_flops / 1e9:.2f} G (matrix products, jaxpr); bytes accessed "
+            f"{'- (no cost analysis)' if self.bytes_accessed is None else gb(self.bytes_accessed)}",
             f"roofline step time {self.roofline_s * 1e3:.3f} ms -> at most {self.tokens_per_s:,.0f} target tokens/s, "
             f"MFU {self.mfu:.1%}; compiled in {self.compile_s:.1f} s",
         ])
+
+
+@contextlib.contextmanager
+def answering_as(topo: Topology):
+    """While building and tracing for a GPU that is not there, answer the questions the code asks
+    the local machine as that GPU would: zoo's "auto" attention (:func:`zoo.nn.attention.on_nvidia_gpu`:
+    yes) and JAX's cuDNN attention (cuDNN 9.10, compute capability 9.0: an H100 with JAX 0.10.2's
+    cuDNN), so that the step is the one the GPU would run. Nothing changes for a TPU topology.
+    """
+    if topo.platform != "cuda":
+        yield
+        return
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn
+
+    from zoo.nn import attention
+
+    with (mock.patch.object(attention, "on_nvidia_gpu", lambda: True),
+          mock.patch.object(cudnn, "check_cudnn_version", lambda: 91000),
+          mock.patch.object(cudnn, "check_compute_capability", lambda capability: float(capability) <= 9.0),
+          mock.patch.object(cudnn, "is_cuda_compute_capability_equal", lambda capability: float(capability) == 9.0)):
+        yield
 
 
 def _abstract(tree, shardings):
@@ -256,11 +312,12 @@ def compile_train_step(config: Config, topo: Topology, batch_shape: tuple[int, i
     The step is :func:`zoo.training.make_train_step` over a 1-D ``"data"`` mesh of the topology's
     chips, the batch split over it, the state replicated or, with ``config.train.fsdp``, split by
     :func:`zoo.distributed.state_shardings`; with ``steps_per_call`` k > 1 a call takes k stacked
-    batches and the figures are divided by k. ``config.model``'s vocabulary sizes are used as they are.
+    batches and the figures are divided by k. ``config.model``'s vocabulary sizes are used as they
+    are. For a GPU, the model is built and the step traced :func:`answering_as` the GPU.
 
     Args:
       config: a whole run config.
-      topo: a TPU entry of :data:`TOPOLOGIES`.
+      topo: an entry of :data:`TOPOLOGIES`.
       batch_shape: (B, S, T); B a multiple of the chip count.
 
     Returns:
@@ -271,6 +328,11 @@ def compile_train_step(config: Config, topo: Topology, batch_shape: tuple[int, i
       ZooError: no compile-only devices (:func:`compile_only_devices`), a model config the model
         refuses, or B not a multiple of the chips.
     """
+    with answering_as(topo):
+        return _compile_train_step(config, topo, batch_shape)
+
+
+def _compile_train_step(config: Config, topo: Topology, batch_shape: tuple[int, int, int]):
     devices = compile_only_devices(topo)
     mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
     rows, src_len, tgt_len = batch_shape
@@ -305,14 +367,16 @@ def compile_train_step(config: Config, topo: Topology, batch_shape: tuple[int, i
     step = make_train_step(graphdef, tx, t.teacher_forcing, t.label_smoothing, state_sharding, k)
     tic = time.perf_counter()
     traced = step.trace(state, batch, key)
+    lowered = traced.lower()
     try:
-        compiled = traced.lower().compile()
+        compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         raise DoesNotFit(f"{config.model_name} does not fit {topo.name}: XLA: {str(e).strip().splitlines()[0]}") from None
     compile_s = time.perf_counter() - tic
     memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
+    cost = cost or {}  # deviceless CUDA: no cost analysis (docs/accelerators.md)
     report = CompileReport(
         topology=topo.name, chip=topo.chip.kind, num_chips=len(devices), model=config.model_name,
         dtype=getattr(config.model, "dtype", "float32"), fsdp=t.fsdp, batch_shape=(rows, src_len, tgt_len),
@@ -320,8 +384,9 @@ def compile_train_step(config: Config, topo: Topology, batch_shape: tuple[int, i
         argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
         alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes, hbm_bytes=hbm,
-        xla_flops=cost.get("flops", 0.0) / k, jaxpr_flops=jaxpr_flops(traced.jaxpr) / k / len(devices),
-        bytes_accessed=cost.get("bytes accessed", 0.0) / k, compile_s=compile_s)
+        xla_flops=cost["flops"] / k if "flops" in cost else None,
+        jaxpr_flops=jaxpr_flops(traced.jaxpr) / k / len(devices),
+        bytes_accessed=cost["bytes accessed"] / k if "bytes accessed" in cost else None, compile_s=compile_s)
     return report, compiled
 
 

@@ -182,3 +182,35 @@ def throughput_plot(results: dict, path: Path) -> None:
     ax.legend()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def compile_plot(results: dict, path: Path) -> None:
+    """The compile-only planner study (:mod:`zoo.bench.compile`): per row, the HBM a chip against
+    the chip's (left) and the roofline's target tokens/s (right, log axis), one colour a topology."""
+    rows = results["rows"]
+    topologies = list(dict.fromkeys(r["topology"] for r in rows))
+    configs = list(dict.fromkeys((r["model"], r["size"], r["dtype"]) for r in rows))
+    width, x = 0.8 / len(topologies), np.arange(len(configs))
+    fig, (mem, speed) = plt.subplots(1, 2, figsize=(max(8.0, 0.9 * len(configs) + 4), 4.5), layout="constrained")
+    for i, topology in enumerate(topologies):
+        by_config = {(r["model"], r["size"], r["dtype"]): r for r in rows if r["topology"] == topology}
+        fitting = [by_config.get(c, {}) for c in configs]
+        offset = x + (i - (len(topologies) - 1) / 2) * width
+        mem.bar(offset, [r.get("peak_bytes", 0) / 1e9 if r.get("fits") else 0 for r in fitting], width, label=topology,
+                color=f"C{i}")
+        hbm = next((r["hbm_bytes"] for r in fitting if r.get("fits")), None)
+        if hbm:
+            mem.axhline(hbm / 1e9, color=f"C{i}", linestyle="--", linewidth=0.8)
+        speed.bar(offset, [r.get("tokens_per_s", 0) if r.get("fits") else 0 for r in fitting], width, label=topology,
+                  color=f"C{i}")
+    labels = [f"{m}\n{'paper' if s == 'large' else 'default'} {'bf16' if d == 'bfloat16' else 'f32'}" for m, s, d in configs]
+    for ax in (mem, speed):
+        ax.set_xticks(x, labels, fontsize=7, rotation=90)
+    mem.set_ylabel("HBM a chip at the step's peak (GB; dashed: the chip's)")
+    mem.set_yscale("log")
+    speed.set_ylabel("target tokens / s at the roofline step time")
+    speed.set_yscale("log")
+    mem.legend(fontsize=8)
+    fig.suptitle("training steps compiled for TPU on a CPU (XLA:TPU, compile-only devices); missing bar: does not fit")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
