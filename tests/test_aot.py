@@ -178,6 +178,7 @@ def test_the_batch_search_finds_a_fitting_size_in_three_more_compiles(memory, st
     assert all((peak is None) == (memory(n) > 16e9) for n, peak in result["tried"])
 
 
-def test_benchmark_compile_refuses_a_topology_that_is_not_a_tpu(capsys):
-    assert benchmark_main(["compile", "--topologies", "gpu:h100"]) == 2
-    assert "not a TPU topology" in capsys.readouterr().err
+def test_benchmark_compile_refuses_an_unknown_topology_in_one_line(capsys):
+    assert benchmark_main(["compile", "--topologies", "tpu:v5e-8", "tpu:v9-8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown topology 'tpu:v9-8'" in err[0]

@@ -137,7 +137,7 @@ def run_compile_study(out: Path, models=None, topologies=DEFAULT_TOPOLOGIES, siz
 
     Args:
       out: output folder (created). models: a subset of :func:`zoo.models.list_models` (None: all).
-      topologies: names from :data:`zoo.aot.TOPOLOGIES` (TPU ones).
+      topologies: names from :data:`zoo.aot.TOPOLOGIES` (gpu:h100 needs JAX's CUDA plugin).
       sizes: "default" and/or "large".
       search_on: the topologies whose rows also get the largest-batch search (:func:`largest_batch_tokens`).
       data_dir: where Multi30k is.
