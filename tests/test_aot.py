@@ -12,6 +12,7 @@ import math
 import jax
 import pytest
 from corpus import write_tiny_multi30k
+from flax import nnx
 
 from zoo import aot
 from zoo.bench.cli import main as benchmark_main
@@ -163,6 +164,21 @@ def test_compiling_for_cuda_without_its_plugin_names_the_extra():
         pytest.skip("JAX's CUDA plugin is installed here: gpu:h100 compiles (docs/accelerators.md)")
     with pytest.raises(ZooError, match=r'pip install -e "\.\[cuda\]"'):
         aot.compile_only_devices(h100)
+
+
+def test_built_for_a_gpu_the_bfloat16_transformer_takes_cudnn_attention():
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn
+
+    from zoo.nn.attention import MultiHeadAttention
+
+    def implementations():
+        model = nnx.eval_shape(lambda: build("transformer", None, dtype="bfloat16", d_model=32, num_heads=2,
+                                             num_encoder_layers=1, num_decoder_layers=1, d_ff=64))
+        return {m.implementation for _, m in nnx.iter_graph(model) if isinstance(m, MultiHeadAttention)}
+
+    with aot.answering_as(aot.TOPOLOGIES["gpu:h100"]):
+        assert implementations() == {"cudnn"} and cudnn.check_cudnn_version() == 91000
+    assert implementations() == {"xla"}  # this CPU machine's own answer, restored
 
 
 @pytest.mark.parametrize("memory, start, found, tried", [

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +39,14 @@ from jax.sharding import PartitionSpec as P
 
 from zoo.checkpoint import read_config
 from zoo.config import Config
-from zoo.data.batching import batch_order, token_batches
 from zoo.data.corpora import load_split
+from zoo.data.dataset import epoch_plan, within_max_length
 from zoo.data.pipeline import TextPipeline
 from zoo.distributed import state_shardings
 from zoo.errors import ZooError
 from zoo.flops import jaxpr_flops
 from zoo.models import build
-from zoo.training import init_state, make_optimizer, make_train_step, within_max_length
+from zoo.training import init_state, make_optimizer, make_train_step
 
 GiB = 2**30
 
@@ -219,6 +220,7 @@ class CompileReport:
     jaxpr_flops: float  # zoo.flops.jaxpr_flops of the traced step / chips: matrix products only
     bytes_accessed: float | None  # cost_analysis()'s; None: no cost analysis
     compile_s: float
+    custom_calls: tuple[str, ...] = ()  # the compiled program's custom-call targets, e.g. cuDNN's __cudnn$fmhaSoftmax
 
     @property
     def peak_bytes(self) -> int:
@@ -272,7 +274,8 @@ class CompileReport:
             f"{self.jaxpr_flops / 1e9:.2f} G (matrix products, jaxpr); bytes accessed "
             f"{'- (no cost analysis)' if self.bytes_accessed is None else gb(self.bytes_accessed)}",
             f"roofline step time {self.roofline_s * 1e3:.3f} ms -> at most {self.tokens_per_s:,.0f} target tokens/s, "
-            f"MFU {self.mfu:.1%}; compiled in {self.compile_s:.1f} s",
+            f"MFU {self.mfu:.1%}; compiled in {self.compile_s:.1f} s"
+            + (f"; custom calls: {', '.join(self.custom_calls)}" if self.custom_calls else ""),
         ])
 
 
@@ -386,12 +389,13 @@ def _compile_train_step(config: Config, topo: Topology, batch_shape: tuple[int, 
         code_bytes=memory.generated_code_size_in_bytes, hbm_bytes=hbm,
         xla_flops=cost["flops"] / k if "flops" in cost else None,
         jaxpr_flops=jaxpr_flops(traced.jaxpr) / k / len(devices),
-        bytes_accessed=cost["bytes accessed"] / k if "bytes accessed" in cost else None, compile_s=compile_s)
+        bytes_accessed=cost["bytes accessed"] / k if "bytes accessed" in cost else None, compile_s=compile_s,
+        custom_calls=tuple(sorted(set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())))))
     return report, compiled
 
 
 def read_corpus(config: Config, workdir=None, data_dir=None) -> tuple[Config, list[int], list[int]]:
-    """What of the corpus the step's shapes depend on, read as :func:`zoo.training.prepare` reads it:
+    """What of the corpus the step's shapes depend on, read as :func:`zoo.run.prepare` reads it:
     ``config`` with the vocabulary sizes ``train.py`` would give the model (built from the training
     split, or a started ``workdir``'s), and the token counts of the training pairs within
     ``data.max_length``. Tokenizes the training split (Multi30k: ~15 s of one core); writes nothing.
@@ -415,24 +419,20 @@ def read_corpus(config: Config, workdir=None, data_dir=None) -> tuple[Config, li
 
 
 def largest_batch_shape(config: Config, src_lengths: list[int], tgt_lengths: list[int], num_chips: int) -> tuple[int, int, int]:
-    """(B, S, T) of the largest batch of the run's first epoch on ``num_chips`` chips: the most
-    padded tokens B·(S + T), then the longest S + T (the most attention scores). Every epoch has
-    the same shapes, only in another order.
+    """(B, S, T) of the largest batch of the run's first epoch (:func:`zoo.data.dataset.epoch_plan`)
+    on ``num_chips`` chips: the most padded tokens B·(S + T), then the longest S + T (the most
+    attention scores). Every epoch has the same shapes, only in another order.
 
     Raises:
       ZooError: ``batch_size`` not a multiple of ``num_chips``, or a ``batch_tokens`` budget too
         small for the longest pair.
     """
-    t, d = config.train, config.data
-    if t.batch_tokens is not None:
-        try:
-            plan = token_batches(src_lengths, tgt_lengths, t.batch_tokens, t.seed, 0, row_multiple=math.lcm(8, num_chips))
-        except ValueError as e:
-            raise ZooError(f"--train.batch-tokens: {e} (rows are a multiple of 8 and of the {num_chips} chips)") from None
-    else:
-        if t.batch_size % num_chips:
-            raise ZooError(f"--train.batch-size {t.batch_size} does not split over {num_chips} chips")
-        plan = batch_order(src_lengths, tgt_lengths, t.batch_size, t.seed, 0, d.length_multiple)
+    if config.train.batch_tokens is None and config.train.batch_size % num_chips:
+        raise ZooError(f"--train.batch-size {config.train.batch_size} does not split over {num_chips} chips")
+    try:
+        plan = epoch_plan(src_lengths, tgt_lengths, config.train, config.data, 0, num_chips)
+    except ValueError as e:
+        raise ZooError(f"--train.batch-tokens: {e} (rows are a multiple of 8 and of the {num_chips} chips)") from None
     shapes = {(int(spec.rows), int(spec.src_len), int(spec.tgt_len)) for spec in plan}
     return max(shapes, key=lambda b: (b[0] * (b[1] + b[2]), b[1] + b[2]))
 
