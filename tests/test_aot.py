@@ -29,7 +29,7 @@ BATCH = (16, 16, 16)  # B, S, T: 4 rows a chip
 
 
 def tiny_config(fsdp: bool) -> Config:
-    return Config("sutskever", TINY, DataConfig(), TrainConfig(batch_size=16, fsdp=fsdp))
+    return Config(model_name="sutskever", model=TINY, data=DataConfig(), train=TrainConfig(batch_size=16, fsdp=fsdp))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_compile_only_prints_and_writes_the_report_and_nothing_into_the_workdir(
 
     monkeypatch.setattr(aot, "compile_train_step", compile_step)
     workdir, output = tmp_path / "run", tmp_path / "report.json"
-    assert train.main(["--model", "sutskever", "--workdir", str(workdir), "--data-dir", str(data_dir), "--batch-size", "16",
+    assert train.main(["--model", "sutskever", "--workdir", str(workdir), "--data-dir", str(data_dir), "--train.batch-size", "16",
                        "--compile-only", "tpu:v5e-4", "--output", str(output)]) == 0
     (vocab, name, (rows, src_len, tgt_len)), = calls
     assert name == "tpu:v5e-4" and rows == 16 and src_len % 8 == tgt_len % 8 == 0
@@ -140,7 +140,7 @@ def test_compile_only_prints_and_writes_the_report_and_nothing_into_the_workdir(
 def test_compile_only_refuses_a_step_that_does_not_fit_in_one_line(libtpu, data_dir, tmp_path, capsys):
     # 6.5 G parameters: 78 GB of float32 parameters and Adam moments a chip, replicated, against 16 GiB: refused
     # before compiling, from abstract shapes (nothing of that size is allocated)
-    code, err = run_cli(capsys, "--workdir", str(tmp_path / "run"), "--data-dir", str(data_dir), "--batch-size", "16",
+    code, err = run_cli(capsys, "--workdir", str(tmp_path / "run"), "--data-dir", str(data_dir), "--train.batch-size", "16",
                         "--model.hidden-dim", "16384", "--model.num-layers", "2", "--compile-only", "tpu:v5e-4")
     assert code == 2 and len(err) == 1
     assert "does not fit tpu:v5e-4" in err[0] and "HBM of a TPU v5e" in err[0]

@@ -7,7 +7,7 @@ devices) and XLA says whether it fits a chip's HBM, how much it takes, its FLOPs
 roofline step time and tokens/s they bound. Then the largest ``--train.batch-tokens`` that fits
 is searched for with a handful of compiles (:func:`largest_batch_tokens`).
 
-Sizes: the default is each model's recipe (``zoo.config.recipe``: its README results row, with
+Sizes: the default is each model's recipe (``zoo.models.recipe``: its README results row, with
 its batch); the large size is each paper's (:data:`LARGE`), at :data:`LARGE_BATCH_TOKENS` tokens
 a batch. The vocabularies are Multi30k's (as ``train.py`` builds them), whatever the size.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 import jax
 
 from zoo.aot import TOPOLOGIES, DoesNotFit, compile_train_step, largest_batch_shape, read_corpus
-from zoo.config import Config, recipe
+from zoo.config import Config
 from zoo.errors import ZooError
-from zoo.models import list_models
+from zoo.models import list_models, recipe
 
 DTYPES = ("float32", "bfloat16")
 DEFAULT_TOPOLOGIES = ("tpu:v5e-8", "tpu:v5p-8")
