@@ -95,8 +95,9 @@ def largest_batch_tokens(compile_at: Callable[[int], dict], start: int, first: d
     the smallest that did not (shrinking ×4 while none fitted).
 
     Returns:
-      ``{"batch_tokens": the largest fitting N compiled (None if none), "predicted": the line's
-      N at ``hbm`` (None without two fitting sizes), "tried": [[N, peak bytes or None], ...]}``.
+      a dict: ``batch_tokens``, the largest fitting N compiled (None if none); ``predicted``, the
+      line's N at ``hbm`` (None without two fitting sizes); ``tried``, ``[N, peak bytes or None]``
+      of every compile in order.
 
     Examples:
       >>> memory = lambda n: {"fits": 2e9 + 1e5 * n <= 16e9, "peak_bytes": 2e9 + 1e5 * n}
