@@ -41,6 +41,7 @@ LARGE = {
     "convs2s": {"embed_dim": 512, "hidden_dim": 512, "num_encoder_layers": 15, "num_decoder_layers": 15},  # WMT'14 En-Fr
 }
 SEARCH_COMPILES = 3  # compiles of the batch search beyond the row's own
+NEAR_HBM = 0.9  # a fitting prediction whose peak is this close to the HBM ends the search
 # where the search runs by default: the chip with the least HBM, where the limit bites (on a v5p's
 # 95 GiB it lies ~6x further and costs compiles of batches that large)
 SEARCH_TOPOLOGIES = ("tpu:v5e-8",)
@@ -89,14 +90,16 @@ def largest_batch_tokens(compile_at: Callable[[int], dict], start: int, first: d
                          budget: int = SEARCH_COMPILES) -> dict:
     """The largest ``batch_tokens`` that fits, from at most ``budget`` compiles after ``first`` (the
     compile at ``start``, a dict with ``fits`` and ``peak_bytes``): while nothing failed, grow ×4
-    until two sizes fit, then try the size where the straight line through their peaks meets
-    ``hbm`` (HBM ≈ a + b·N: the state, plus activations ∝ the batch), rounded down to a multiple
-    of 256, and stop if it fits; once a size failed, bisect between the largest that fitted and
-    the smallest that did not (shrinking ×4 while none fitted).
+    until two sizes fit, then try the size where the straight line through the last two peaks
+    meets ``hbm`` (HBM ≈ a + b·N: the state, plus activations ∝ the batch), rounded down to a
+    multiple of 256, until one fits within :data:`NEAR_HBM` of ``hbm`` (XLA often needs less
+    than the line: buffers are reused); once a size failed, bisect between the largest that
+    fitted and the smallest that did not (shrinking ×4 while none fitted). The answer is a
+    lower bound of the true limit, within the bisection's last step.
 
     Returns:
       a dict: ``batch_tokens``, the largest fitting N compiled (None if none); ``predicted``, the
-      line's N at ``hbm`` (None without two fitting sizes); ``tried``, ``[N, peak bytes or None]``
+      last line's N at ``hbm`` (None without two fitting sizes); ``tried``, ``[N, peak bytes or None]``
       of every compile in order.
 
     Examples:
@@ -113,8 +116,8 @@ def largest_batch_tokens(compile_at: Callable[[int], dict], start: int, first: d
         fit, fail = (fits[-1] if fits else None), (fails[0] if fails else None)
         if fit is None:
             n = max(256, fail // 4 // 256 * 256)
-        elif fail is None and predicted is not None:
-            break  # the line's prediction fitted: the limit is within the rounding
+        elif fail is None and predicted is not None and tried[fit]["peak_bytes"] >= NEAR_HBM * hbm:
+            break  # the line's prediction fitted close to the HBM: the limit is within the rounding
         elif fail is None and len(fits) >= 2 and tried[fits[-1]]["peak_bytes"] > tried[fits[-2]]["peak_bytes"]:
             (n0, n1), (p0, p1) = fits[-2:], (tried[fits[-2]]["peak_bytes"], tried[fits[-1]]["peak_bytes"])
             predicted = int(n1 + (hbm - p1) * (n1 - n0) / (p1 - p0))
