@@ -1,6 +1,6 @@
 """Prepare once, stream always: the training split tokenized into on-disk shards of token ids.
 
-``python -m zoo.data.prepare --dataset multi30k --data.tokenizer sentencepiece`` (also run by
+``python -m zoo.data.prepare --data.dataset multi30k --data.tokenizer sentencepiece`` (also run by
 ``train.py`` when the prepared data are missing, stale or damaged) reads the training split,
 builds the tokenizers and vocabularies (:class:`~zoo.data.pipeline.TextPipeline`), and encodes the
 pairs in worker processes, one shard each, into a folder of the prepared-data cache
@@ -9,14 +9,15 @@ pairs in worker processes, one shard each, into a folder of the prepared-data ca
     key = SHA-256(format version, the DataConfig fields that change the ids, SHA-256 of each corpus file)
 
 so a changed corpus file or data config is a new key (the old folder is stale, not reused), and
-runs with the same data share one preparation. The folder holds:
+runs with the same data share one preparation. The folder holds::
 
-  ``train-00000-of-00002.arrayrecord`` ...  one record a pair: its source ids then its target ids
-                                             (``dtype`` of the manifest; no <bos>/<eos>)
-  ``lengths.npy``                            (N, 2) int32: each pair's source and target tokens,
-                                             all the batch planner reads (8 bytes a pair)
-  ``src_vocab.json``, ``tgt_vocab.json`` or ``spm.model``: the pipeline that made the ids
-  ``manifest.json``                          the key, the data config, N, and every file's size
+    train-00000-of-00002.arrayrecord ...  one record a pair: its source ids then its target ids
+                                          (the manifest's dtype; no <bos>/<eos>)
+    lengths.npy                           (N, 2) int32: each pair's source and target tokens,
+                                          all the batch planner reads (8 bytes a pair)
+    src_vocab.json, tgt_vocab.json        the pipeline that made the ids (moses),
+      or spm.model                        or (sentencepiece)
+    manifest.json                         the key, the data config, N, and every file's size
 
 **ArrayRecord** (the ``array-record`` package): Grain reads it natively
 (``grain.sources.ArrayRecordDataSource``, several shards as one source) with random access to any
