@@ -4,12 +4,12 @@
 ``train.py`` when the prepared data are missing, stale or damaged) reads the training split,
 builds the tokenizers and vocabularies (:class:`~zoo.data.pipeline.TextPipeline`), and encodes the
 pairs in worker processes, one shard each, into a folder of the prepared-data cache
-(``--prepared-dir``, else ``$ZOO_PREPARED_DIR``, else ``~/.cache/zoo/prepared``) named by its key:
+(``--prepared-dir``, else ``$ZOO_PREPARED_DIR``, else ``~/.cache/zoo/prepared``) named by its key::
 
     key = SHA-256(format version, the DataConfig fields that change the ids, SHA-256 of each corpus file)
 
 so a changed corpus file or data config is a new key (the old folder is stale, not reused), and
-runs with the same data share one preparation. The folder holds:
+runs with the same data share one preparation. The folder holds::
 
   ``train-00000-of-00002.arrayrecord`` ...  one record a pair: its source ids then its target ids
                                              (``dtype`` of the manifest; no <bos>/<eos>)
