@@ -4,7 +4,7 @@
 ``train.py`` when the prepared data are missing, stale or damaged) reads the training split,
 builds the tokenizers and vocabularies (:class:`~zoo.data.pipeline.TextPipeline`), and encodes the
 pairs in worker processes, one shard each, into a folder of the prepared-data cache
-(``--prepared-dir``, else ``$ZOO_PREPARED_DIR``, else ``~/.cache/zoo/prepared``) named by its key:
+(``--prepared-dir``, else ``$ZOO_PREPARED_DIR``, else ``~/.cache/zoo/prepared``) named by its key::
 
     key = SHA-256(format version, the DataConfig fields that change the ids, SHA-256 of each corpus file)
 
