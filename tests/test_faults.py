@@ -120,3 +120,90 @@ def test_a_second_trainer_is_refused_and_kill_9_leaves_a_resumable_workdir(tmp_p
     rerun = start(workdir, data, cache, *flags)  # the dead process's lock does not block
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
     assert step_losses(workdir) == step_losses(full)
+
+
+def metrics_history(steps: int) -> list[str]:
+    """The lines of a log of ``steps`` steps with a validation at every 3rd."""
+    lines = [json.dumps({"event": "start", "step": 0})]
+    for step in range(1, steps + 1):
+        lines.append(json.dumps({"step": step, "epoch": 0, "loss": 1.0 / step}))
+        if step % 3 == 0:
+            lines.append(json.dumps({"event": "validation", "step": step, "val_loss": 2.0 / step}))
+    return lines
+
+
+def die(*_args, **_kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class HalfWritten:
+    """A file whose write puts half of the text on disk and then dies."""
+
+    def __init__(self, path, mode, **kwargs):
+        self.file = open(path, mode, **kwargs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def write(self, text):
+        self.file.write(text[: len(text) // 2])
+        self.file.flush()
+        die()
+
+
+@pytest.mark.parametrize("moment", ["writing the temporary file", "before the rename", "after the rename"])
+def test_a_kill_during_the_metrics_repair_leaves_the_whole_history(tmp_path, moment, monkeypatch):
+    """Resuming from step 6 drops the records of steps 7-9 and a last line cut short; a real
+    SIGKILL (of a forked child) at three moments of that repair leaves either the old file or the
+    repaired one, and the next resume finishes the repair. Without a repair, the file is appended to."""
+    from zoo import errors
+    from zoo.metrics_log import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    full = metrics_history(9)
+    path.write_text("".join(line + "\n" for line in full) + '{"step": 10, "lo')
+    before = path.read_bytes()
+    kept = full[: full.index(json.dumps({"event": "validation", "step": 6, "val_loss": 2.0 / 6})) + 1]
+    pid = os.fork()
+    if pid == 0:  # the child: repair, and die at the moment
+        try:
+            if moment == "writing the temporary file":
+                monkeypatch.setattr(errors, "open", HalfWritten, raising=False)
+            elif moment == "before the rename":
+                monkeypatch.setattr(errors.os, "replace", die)
+            else:
+                real = os.replace
+                monkeypatch.setattr(errors.os, "replace", lambda a, b: (real(a, b), die()))
+            MetricsLog(path, 6, None, 1.0)
+        finally:
+            os._exit(3)  # not reached: the child dies by SIGKILL
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    after = path.read_bytes()
+    assert after == before if moment != "after the rename" else after.decode().splitlines() == kept
+    log = MetricsLog(path, 6, None, 1.0)  # the rerun's repair
+    assert log.dropped == (None if moment == "after the rename" else (7, 9))
+    log.write(step=7, loss=0.5)
+    log.close()
+    assert path.read_text().splitlines() == kept + [json.dumps({"step": 7, "loss": 0.5})]
+    assert not (tmp_path / "metrics.jsonl.tmp").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"step": 1}\n\xff\xfe binary\n{"step": 2}\n', "line 2: not JSON text"),
+    (b'{"step": 1}\n[1, 2]\n{"step": 2}\n', "line 2: not a metrics record"),
+    (b'{"step": "one"}\n{"step": 2}\n', "line 1: not a metrics record"),
+    (None, "a folder, not the metrics log"),
+])
+def test_a_damaged_metrics_log_is_one_line_naming_it_and_left_as_it_is(tmp_path, content, message):
+    from zoo.errors import ZooError
+    from zoo.metrics_log import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.mkdir() if content is None else path.write_bytes(content)
+    with pytest.raises(ZooError, match=f"^{path}.*{message}"):
+        MetricsLog(path, 1, None, 1.0)
+    assert path.is_dir() if content is None else path.read_bytes() == content

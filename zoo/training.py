@@ -170,6 +170,10 @@ class Trainer:
                            devices=str(jax.devices()), steps_per_epoch=self.steps_per_epoch,
                            real_token_share=real_token_share(first_plan, run.train_ids[1]),
                            skipped_long_pairs=run.skipped)
+        if self.log.dropped:
+            first, last = self.log.dropped
+            self.print(f"{self.log.path}: dropped the records of steps {first}-{last}, past step {self.pos.step} that "
+                       f"this run resumes from ({'the newest intact checkpoint' if self.pos.step else 'no checkpoint left'})")
         if run.skipped:
             self.print(f"left out {run.skipped} training pairs longer than {run.config.data.max_length} tokens "
                        f"(--data.max-length)")
