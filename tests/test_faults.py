@@ -1,9 +1,12 @@
 """Faults driven through the real train.py: signals, a diverging run, bad flags; each checks the
 exit code, the one-line message and what the workdir holds."""
 
+import gzip
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from corpus import write_tiny_multi30k
+from corpus import sentence_pairs, write_tiny_multi30k
 
 from zoo.cli import train
+from zoo.evaluation import dataset_nll
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model.embed-dim", "8", "--model.hidden-dim", "8", "--model.attention-dim", "8", "--model.maxout-dim", "8",
@@ -207,3 +211,36 @@ def test_a_damaged_metrics_log_is_one_line_naming_it_and_left_as_it_is(tmp_path,
     with pytest.raises(ZooError, match=f"^{path}.*{message}"):
         MetricsLog(path, 1, None, 1.0)
     assert path.is_dir() if content is None else path.read_bytes() == content
+
+
+
+def with_long_pairs(data: Path, root: Path, split: str, n: int, keep: bool = True) -> Path:
+    """A copy of the data dir ``data`` whose ``split`` ends in (``keep``) or is only (not ``keep``)
+    ``n`` long pairs, two sentences each: 14 tokens or more with <eos>, where the tiny corpus has 8."""
+    shutil.copytree(data, root, dirs_exist_ok=True)
+    pairs = sentence_pairs(2 * n, seed=7)
+    for lang, column in (("de", 0), ("en", 1)):
+        path = root / "multi30k" / f"{split}.{lang}.gz"
+        text = gzip.decompress(path.read_bytes()).decode() if keep else ""
+        text += "".join(f"{pairs[2 * i][column]} {pairs[2 * i + 1][column]}\n" for i in range(n))
+        path.write_bytes(gzip.compress(text.encode()))
+    return root
+
+
+def test_a_split_that_max_length_empties_is_one_line_before_anything_is_written(tmp_path, data, capsys):
+    """Every pair of the tiny corpus has 8 tokens with <eos> (its English side): --data.max-length 7
+    empties the training split, and with only long pairs in the validation split, 12 empties
+    that one; a mean NLL over no pairs is refused too (it read as 0, which best/ kept for ever)."""
+    workdir = tmp_path / "w"
+    assert train.main(["--workdir", str(workdir), "--data-dir", str(data), *TINY, "--data.max-length", "7"]) == 2
+    assert capsys.readouterr().err.strip() == ("train.py: error: multi30k split 'train': nothing to train on: "
+                                               "--data.max-length 7 leaves out all 480 pairs (the shortest has 8 "
+                                               "tokens with <eos>)")
+    long_val = with_long_pairs(data, tmp_path / "long_val", "val", 4, keep=False)
+    assert train.main(["--workdir", str(workdir), "--data-dir", str(long_val), *TINY, "--data.max-length", "12"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"train.py: error: multi30k split 'val': nothing to validate on: --data.max-length 12 leaves "
+                        r"out all 4 pairs \(the shortest has 14 tokens with <eos>\)", err), err
+    assert not workdir.exists()
+    with pytest.raises(ValueError, match="no pairs to evaluate"):
+        dataset_nll(None, None, [], [], 8, 8)

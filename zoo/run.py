@@ -30,6 +30,7 @@ class Run:
     val_ids: tuple[list, list]
     model: nnx.Module
     skipped: int = 0  # training pairs over DataConfig.max_length, left out
+    val_skipped: int = 0  # validation pairs over DataConfig.max_length, left out
 
     def plan(self, epoch: int) -> list[BatchSpec]:
         """The epoch's batches (:func:`zoo.data.dataset.epoch_plan`)."""
@@ -41,7 +42,8 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
     """Read the data, make or load the vocabularies and build the model; writes nothing.
 
     Raises:
-      ZooError: bad data files or vocabularies, a model config the model refuses, or a batch
+      ZooError: bad data files or vocabularies, a training or validation split that
+        ``--data.max-length`` empties, a model config the model refuses, or a batch
         (``batch_size``, which also sizes the validation batches) that does not split over the
         devices.
     """
@@ -63,9 +65,9 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
         model = build(config.model_name, config.model, seed=t.seed)
     except ValueError as e:
         raise ZooError(f"model {config.model_name!r}: {e}") from None
-    train_ids, skipped = within_max_length(pipeline.encode_source(train_src), pipeline.encode_target(train_tgt), d.max_length)
-    val_ids, _ = within_max_length(pipeline.encode_source(val_src), pipeline.encode_target(val_tgt), d.max_length)
-    run = Run(config, workdir, train_ids, val_ids, model, skipped)
+    train_ids, skipped = _within_max_length(pipeline, train_src, train_tgt, d, "train")
+    val_ids, val_skipped = _within_max_length(pipeline, val_src, val_tgt, d, "val")
+    run = Run(config, workdir, train_ids, val_ids, model, skipped, val_skipped)
     if t.batch_tokens is not None:
         try:
             run.plan(0)
@@ -73,6 +75,23 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
             raise ZooError(f"--train.batch-tokens: {e} (rows are a multiple of 8 and of the {jax.device_count()} "
                            "devices)") from None
     return run, pipeline
+
+
+def _within_max_length(pipeline: TextPipeline, src: list[str], tgt: list[str], d, split: str):
+    """The split's token ids within ``d.max_length`` (:func:`within_max_length`) and how many were left out.
+
+    Raises:
+      ZooError: none is left: every pair is longer than ``--data.max-length`` (or the split is empty).
+    """
+    src_ids, tgt_ids = pipeline.encode_source(src), pipeline.encode_target(tgt)
+    kept, skipped = within_max_length(src_ids, tgt_ids, d.max_length)
+    if not kept[0]:
+        shortest = min((max(len(s), len(t)) + 1 for s, t in zip(src_ids, tgt_ids)), default=None)
+        why = "it is empty" if shortest is None else (f"--data.max-length {d.max_length} leaves out all {len(src_ids)} "
+                                                       f"pairs (the shortest has {shortest} tokens with <eos>)")
+        raise ZooError(f"{d.dataset} split {split!r}: nothing to {'train on' if split == 'train' else 'validate on'}: "
+                       f"{why}")
+    return kept, skipped
 
 
 def write_workdir(run: Run, pipeline: TextPipeline) -> None:

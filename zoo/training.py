@@ -169,14 +169,14 @@ class Trainer:
             self.log.write(event="start", step=0, num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
                            devices=str(jax.devices()), steps_per_epoch=self.steps_per_epoch,
                            real_token_share=real_token_share(first_plan, run.train_ids[1]),
-                           skipped_long_pairs=run.skipped)
+                           skipped_long_pairs=run.skipped, skipped_long_val_pairs=run.val_skipped)
         if self.log.dropped:
             first, last = self.log.dropped
             self.print(f"{self.log.path}: dropped the records of steps {first}-{last}, past step {self.pos.step} that "
                        f"this run resumes from ({'the newest intact checkpoint' if self.pos.step else 'no checkpoint left'})")
-        if run.skipped:
-            self.print(f"left out {run.skipped} training pairs longer than {run.config.data.max_length} tokens "
-                       f"(--data.max-length)")
+        if run.skipped or run.val_skipped:
+            self.print(f"left out {run.skipped} training and {run.val_skipped} validation pairs longer than "
+                       f"{run.config.data.max_length} tokens (--data.max-length)")
 
     def save(self, val_loss: float | None = None) -> None:
         """A resumable checkpoint at the current position (after reading the pending metrics)."""
