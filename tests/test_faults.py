@@ -13,10 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import pytest
 from corpus import sentence_pairs, write_tiny_multi30k
 
-from zoo.cli import train
+import zoo
+from zoo.cli import evaluate, train
+from zoo.errors import ZooError
 from zoo.evaluation import dataset_nll
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,3 +247,43 @@ def test_a_split_that_max_length_empties_is_one_line_before_anything_is_written(
     assert not workdir.exists()
     with pytest.raises(ValueError, match="no pairs to evaluate"):
         dataset_nll(None, None, [], [], 8, 8)
+
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A run of 8 steps trained in this process on 48 pairs (6 steps an epoch, checkpoints at 3, 6
+    and 8, a validation at 6), and its arguments."""
+    root = tmp_path_factory.mktemp("small")
+    data = write_tiny_multi30k(root / "data")
+    args = ["--workdir", str(root / "w"), "--data-dir", str(data), *TINY, "--log-every", "1", "--checkpoint-every", "3",
+            "--max-steps", "8", "--compilation-cache", "off"]
+    with jax.numpy_dtype_promotion("standard"):  # (module scope: the autouse fixture is per test)
+        assert train.main(args) == 0
+    return root / "w", args
+
+
+def copy_of(small, tmp_path) -> tuple[Path, list[str]]:
+    """A copy of the small run's workdir, and the arguments that resume it."""
+    workdir, args = small
+    copy = shutil.copytree(workdir, tmp_path / "w")
+    return copy, [str(copy) if arg == str(workdir) else arg for arg in args]
+
+
+def test_a_vocabulary_with_two_tokens_swapped_is_refused_by_resume_load_and_evaluate(tmp_path, small, capsys):
+    """Same size, same tokens, two ids swapped: every embedding would load under the wrong token.
+    The steps' manifests record the vocabularies' SHA-256 (best/ and checkpoints/ alike)."""
+    workdir, args = copy_of(small, tmp_path)
+    path = workdir / "tgt_vocab.json"
+    tokens = json.loads(path.read_text())
+    tokens[4], tokens[5] = tokens[5], tokens[4]
+    path.write_text(json.dumps(tokens, ensure_ascii=False))
+    capsys.readouterr()
+    message = (f"{path}: not the file that {{}} was trained with (its SHA-256 differs from the step's zoo_manifest.json); "
+               "it was replaced or edited: put back the workdir's own")
+    assert train.main(args) == 2
+    assert capsys.readouterr().err.strip() == f"train.py: error: {message.format('checkpoints/8')}"
+    assert evaluate.main(["--workdir", str(workdir), "--data-dir", args[args.index("--data-dir") + 1]]) == 2
+    assert capsys.readouterr().err.strip() == f"evaluate.py: error: {message.format('best/6')}"
+    with pytest.raises(ZooError, match=re.escape(message.format("checkpoints/8"))):
+        zoo.load(workdir, step=8)

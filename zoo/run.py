@@ -97,9 +97,10 @@ def _within_max_length(pipeline: TextPipeline, src: list[str], tgt: list[str], d
 def write_workdir(run: Run, pipeline: TextPipeline) -> None:
     """Write ``config.json`` and the vocabularies into a new workdir; in a used one, check that
     its config is this run's (:func:`zoo.checkpoint.write_or_check_config`). Process 0 writes,
-    after every process has read the workdir (:func:`prepare`)."""
+    after every process has read the workdir (:func:`prepare`); every process returns once it has."""
     barrier("zoo.prepare")
     if is_main():
         write_or_check_config(run.workdir, run.config)
         if not (run.workdir / TextPipeline.FILES[0]).exists():
             pipeline.save(run.workdir)
+    barrier("zoo.workdir_written")

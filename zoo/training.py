@@ -36,6 +36,7 @@ from zoo.compilation import CompileCounter
 from zoo.config import Config, TrainConfig
 from zoo.data.batching import chunk_lengths
 from zoo.data.loader import device_batches, real_token_share
+from zoo.data.pipeline import TextPipeline
 from zoo.distributed import data_parallel, is_main, state_shardings
 from zoo.evaluation import dataset_nll, make_eval_nll, perplexity
 from zoo.flops import jaxpr_flops, peak_flops
@@ -143,7 +144,7 @@ class Trainer:
         # training batches; with steps_per_call > 1 a slot axis comes before the batch axis
         self.train_sharding = self.batch_sharding if t.steps_per_call == 1 else NamedSharding(replicated.mesh, P(None, "data"))
         state_sharding = state_shardings(state, replicated.mesh, t.fsdp)
-        self.store = CheckpointStore(run.workdir)
+        self.store = CheckpointStore(run.workdir, depends_on=TextPipeline.FILES)
         self.pos, key_data = Position(), jax.random.key_data(jax.random.key(t.seed))
         if self.store.latest_step() is not None:
             target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
