@@ -287,3 +287,24 @@ def test_a_vocabulary_with_two_tokens_swapped_is_refused_by_resume_load_and_eval
     assert capsys.readouterr().err.strip() == f"evaluate.py: error: {message.format('best/6')}"
     with pytest.raises(ZooError, match=re.escape(message.format("checkpoints/8"))):
         zoo.load(workdir, step=8)
+
+
+def test_resuming_on_other_training_data_is_refused_unless_accepted(tmp_path, small, capsys):
+    """One pair more in the training files: the workdir's data fingerprint differs, and the resume
+    is one line naming the files and the flag, with nothing written; --accept-new-data resumes."""
+    workdir, args = copy_of(small, tmp_path)
+    data = Path(args[args.index("--data-dir") + 1])
+    grown = with_long_pairs(data, tmp_path / "grown", "train", 1)
+    args[args.index("--data-dir") + 1] = str(grown)
+    before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert train.main(args) == 2
+    files = f"{grown}/multi30k/train.de.gz, {grown}/multi30k/train.en.gz"
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(f"train.py: error: {re.escape(files)}: not the training data this workdir was trained on "
+                        r"\(48 pairs, SHA-256 [0-9a-f]{12}; now 49 pairs, [0-9a-f]{12}\); --accept-new-data resumes on "
+                        r"them on purpose, with the workdir's vocabularies", err), err
+    assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+    assert train.main([*args, "--accept-new-data"]) == 0  # at step 8 of 8 already: nothing to train
+    assert json.loads((workdir / "data_fingerprint.json").read_text())["pairs"] == 49
+    assert train.main(args) == 0  # the new data are the workdir's now

@@ -1,8 +1,10 @@
-"""A run before its loop: the data read, the vocabularies made or loaded, the model built
-(:func:`prepare`, which writes nothing), and the workdir's config and vocabularies written
-(:func:`write_workdir`)."""
+"""A run before its loop: the data read (and, resuming, checked against the workdir's
+fingerprint of its training data), the vocabularies made or loaded, the model built
+(:func:`prepare`, which writes nothing), and the workdir's config, vocabularies and data
+fingerprint written (:func:`write_workdir`)."""
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,12 +14,14 @@ from flax import nnx
 from zoo.checkpoint import read_config, write_or_check_config
 from zoo.config import Config
 from zoo.data.batching import BatchSpec
-from zoo.data.corpora import load_split
-from zoo.data.dataset import epoch_plan, within_max_length
+from zoo.data.corpora import load_split, split_paths
+from zoo.data.dataset import epoch_plan, fingerprint, within_max_length
 from zoo.data.pipeline import TextPipeline
 from zoo.distributed import barrier, is_main
-from zoo.errors import ZooError
+from zoo.errors import ZooError, read_json, write_text
 from zoo.models import build
+
+DATA_FILE = "data_fingerprint.json"  # the workdir's record of its training data (zoo.data.dataset.fingerprint)
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Run:
     model: nnx.Module
     skipped: int = 0  # training pairs over DataConfig.max_length, left out
     val_skipped: int = 0  # validation pairs over DataConfig.max_length, left out
+    data: dict = dataclasses.field(default_factory=dict)  # the training data's fingerprint, for DATA_FILE
 
     def plan(self, epoch: int) -> list[BatchSpec]:
         """The epoch's batches (:func:`zoo.data.dataset.epoch_plan`)."""
@@ -38,11 +43,15 @@ class Run:
         return epoch_plan(src_lengths, tgt_lengths, self.config.train, self.config.data, epoch, jax.device_count())
 
 
-def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
+def prepare(config: Config, workdir, data_dir=None, accept_new_data: bool = False) -> tuple[Run, TextPipeline]:
     """Read the data, make or load the vocabularies and build the model; writes nothing.
 
+    Resuming a workdir, the training data must be the data it was trained on (its
+    ``data_fingerprint.json``), unless ``accept_new_data`` (``--accept-new-data``).
+
     Raises:
-      ZooError: bad data files or vocabularies, a training or validation split that
+      ZooError: bad data files or vocabularies, training data that differ from the workdir's
+        (naming the files and the flag), a training or validation split that
         ``--data.max-length`` empties, a model config the model refuses, or a batch
         (``batch_size``, which also sizes the validation batches) that does not split over the
         devices.
@@ -54,6 +63,10 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
                        f"use a multiple of {jax.device_count()}")
     train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
     val_src, val_tgt = load_split(d.dataset, "val", d.src_lang, d.tgt_lang, data_dir)
+    data = {**fingerprint(train_src, train_tgt), "files": [str(p) for p in split_paths(d.dataset, "train", d.src_lang,
+                                                                                       d.tgt_lang, data_dir)]}
+    if (workdir / DATA_FILE).exists() and not accept_new_data:
+        _check_data(workdir / DATA_FILE, data)
     if (workdir / TextPipeline.FILES[0]).exists():  # a workdir that was started before
         saved = read_config(workdir).model
         pipeline = TextPipeline.load(d, workdir, (saved.src_vocab_size, saved.tgt_vocab_size))
@@ -67,7 +80,7 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
         raise ZooError(f"model {config.model_name!r}: {e}") from None
     train_ids, skipped = _within_max_length(pipeline, train_src, train_tgt, d, "train")
     val_ids, val_skipped = _within_max_length(pipeline, val_src, val_tgt, d, "val")
-    run = Run(config, workdir, train_ids, val_ids, model, skipped, val_skipped)
+    run = Run(config, workdir, train_ids, val_ids, model, skipped, val_skipped, data)
     if t.batch_tokens is not None:
         try:
             run.plan(0)
@@ -75,6 +88,18 @@ def prepare(config: Config, workdir, data_dir=None) -> tuple[Run, TextPipeline]:
             raise ZooError(f"--train.batch-tokens: {e} (rows are a multiple of 8 and of the {jax.device_count()} "
                            "devices)") from None
     return run, pipeline
+
+
+def _check_data(path: Path, data: dict) -> None:
+    """Refuse training data whose fingerprint differs from the one recorded in ``path``."""
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("sha256"), str):
+        raise ZooError(f"{path}: not a data fingerprint (a JSON object with pairs and sha256); hand-edited?")
+    if saved["sha256"] != data["sha256"]:
+        raise ZooError(f"{', '.join(data['files'])}: not the training data this workdir was trained on "
+                       f"({saved.get('pairs')} pairs, SHA-256 {saved['sha256'][:12]}; now {data['pairs']} pairs, "
+                       f"{data['sha256'][:12]}); --accept-new-data resumes on them on purpose, with the workdir's "
+                       f"vocabularies")
 
 
 def _within_max_length(pipeline: TextPipeline, src: list[str], tgt: list[str], d, split: str):
@@ -96,11 +121,16 @@ def _within_max_length(pipeline: TextPipeline, src: list[str], tgt: list[str], d
 
 def write_workdir(run: Run, pipeline: TextPipeline) -> None:
     """Write ``config.json`` and the vocabularies into a new workdir; in a used one, check that
-    its config is this run's (:func:`zoo.checkpoint.write_or_check_config`). Process 0 writes,
-    after every process has read the workdir (:func:`prepare`); every process returns once it has."""
+    its config is this run's (:func:`zoo.checkpoint.write_or_check_config`); record the training
+    data's fingerprint (``data_fingerprint.json``, which :func:`prepare` checked or was told to
+    accept). Process 0 writes, after every process has read the workdir (:func:`prepare`); every
+    process returns once it has."""
     barrier("zoo.prepare")
     if is_main():
         write_or_check_config(run.workdir, run.config)
         if not (run.workdir / TextPipeline.FILES[0]).exists():
             pipeline.save(run.workdir)
+        path = run.workdir / DATA_FILE
+        if not path.exists() or read_json(path) != run.data:
+            write_text(path, json.dumps(run.data, indent=1))
     barrier("zoo.workdir_written")

@@ -250,7 +250,7 @@ class Trainer:
         self.log.close()
 
 
-def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict:
+def train(config: Config, workdir, data_dir=None, progress: bool = True, accept_new_data: bool = False) -> dict:
     """Train ``config`` on its dataset, checkpointing into ``workdir`` and resuming from it.
 
     SIGTERM or SIGINT during training: the calls already queued (at most two) finish, a resumable checkpoint is saved
@@ -261,13 +261,16 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True) -> dict
       ``stopped_by`` (None, "SIGTERM" or "SIGINT"), ``programs``/``compiled``/``cached``
       (XLA programs handed to the backend, compiled, loaded from the persistent cache).
 
+    ``accept_new_data``: resume on training data that differ from the workdir's (else refused).
+
     Raises:
       ZooError: bad data files, a model config the model refuses, a workdir made with another
-        config or in use by another trainer (its PID named), a workdir that cannot be written,
+        config or trained on other data, or in use by another trainer (its PID named), a workdir
+        that cannot be written,
         or a non-finite loss or gradient norm (nothing is saved then).
     """
     start, val_loss = time.time(), None
-    run, pipeline = prepare(config, workdir, data_dir)
+    run, pipeline = prepare(config, workdir, data_dir, accept_new_data)
     lock = WorkdirLock(run.workdir) if is_main() else contextlib.nullcontext()  # one lock a run, held by process 0
     with lock, CompileCounter() as compiles, StopSignal() as stop:
         write_workdir(run, pipeline)

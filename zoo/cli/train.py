@@ -48,6 +48,7 @@ class RunOptions:
     workdir: str  # checkpoints, config, vocabularies and metrics go here
     data_dir: str | None = None  # corpora root (default: $ZOO_DATA_DIR, else ~/.cache/zoo/data)
     progress: bool = True  # show the progress bar
+    accept_new_data: bool = False  # resume on training data other than the workdir was trained on (on purpose)
     compilation_cache: str | None = None  # JAX's compilation cache (default: $ZOO_COMPILATION_CACHE, else ~/.cache/zoo/jax; off)
     distributed: bool = False  # one process of a multi-process run: jax.distributed.initialize(), cluster auto-detected
     coordinator_address: str | None = None  # multi-process run: HOST:PORT of process 0 (any free port)
@@ -162,7 +163,8 @@ def main(argv=None) -> int:
 
         cache = options.compilation_cache
         enable_compilation_cache(default_cache_dir() if cache is None else None if cache == "off" else cache)
-        result = train(config, options.workdir, options.data_dir, progress=options.progress)
+        result = train(config, options.workdir, options.data_dir, progress=options.progress,
+                       accept_new_data=options.accept_new_data)
     except ZooError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

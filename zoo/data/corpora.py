@@ -106,3 +106,11 @@ def load_split(dataset: str, split: str, src_lang: str, tgt_lang: str, data_dir=
     if dataset == "tatoeba":
         return tatoeba.load_split(_tatoeba_path(root), split, src_lang, tgt_lang)
     return read_parallel(*_multi30k_paths(root, split, src_lang, tgt_lang))
+
+
+def split_paths(dataset: str, split: str, src_lang: str, tgt_lang: str, data_dir=None) -> list[Path]:
+    """The files that :func:`load_split` reads a named split from (arguments as there)."""
+    root = resolve_data_dir(data_dir) / DATASETS[dataset][0]
+    if dataset == "tatoeba":
+        return [root / "fra.txt.gz"]
+    return [root / f"{MULTI30K_SPLITS[split]}.{lang}.gz" for lang in (src_lang, tgt_lang)]

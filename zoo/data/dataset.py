@@ -1,9 +1,25 @@
-"""A run's training data: the pairs within the length limit, and each epoch's batch plan."""
+"""A run's training data: its fingerprint, the pairs within the length limit, and each epoch's batch plan."""
 
+import hashlib
 import math
 
 from zoo.config import DataConfig, TrainConfig
 from zoo.data.batching import BatchSpec, batch_order, group_by_shape, token_batches
+
+
+def fingerprint(src: list[str], tgt: list[str]) -> dict:
+    """``{"pairs": N, "sha256": H}`` of raw (untokenized) sentence pairs: H is the SHA-256 of every
+    source sentence then every target sentence, each followed by a newline (a change of any
+    character, order or count changes it, whatever the files' compression or layout).
+
+    Examples:
+      >>> fingerprint(["Ein Hund."], ["A dog."])["pairs"]
+      1
+    """
+    digest = hashlib.sha256()
+    for sentence in (*src, *tgt):
+        digest.update(sentence.encode("utf-8") + b"\n")
+    return {"pairs": len(src), "sha256": digest.hexdigest()}
 
 
 def within_max_length(src_ids: list, tgt_ids: list, max_length: int) -> tuple[tuple[list, list], int]:
