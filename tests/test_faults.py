@@ -1,6 +1,7 @@
 """Faults driven through the real train.py: signals, a diverging run, bad flags; each checks the
 exit code, the one-line message and what the workdir holds."""
 
+import errno
 import gzip
 import json
 import os
@@ -21,6 +22,7 @@ import zoo
 from zoo.cli import evaluate, train
 from zoo.errors import ZooError
 from zoo.evaluation import dataset_nll
+from zoo.metrics_log import MetricsLog
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model.embed-dim", "8", "--model.hidden-dim", "8", "--model.attention-dim", "8", "--model.maxout-dim", "8",
@@ -308,3 +310,76 @@ def test_resuming_on_other_training_data_is_refused_unless_accepted(tmp_path, sm
     assert train.main([*args, "--accept-new-data"]) == 0  # at step 8 of 8 already: nothing to train
     assert json.loads((workdir / "data_fingerprint.json").read_text())["pairs"] == 49
     assert train.main(args) == 0  # the new data are the workdir's now
+
+
+class FullDisk:
+    """A file on a disk that fills at the ``room``-th write: half of that line reaches it, then ENOSPC."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, text: str) -> None:
+        self.room -= 1
+        if self.room == 0:
+            self.file.write(text[: len(text) // 2])
+            self.file.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.file.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def test_a_full_disk_while_writing_metrics_or_the_config_is_one_line_and_saves_the_step(tmp_path, small, capsys,
+                                                                                       monkeypatch):
+    """The disk fills at the third record of a resumed run (step 10's, after step 9's and its
+    interval's): one line, step 10 saved, exit 2; the rerun drops the half line and goes on."""
+    workdir, args = copy_of(small, tmp_path)
+    open_log = MetricsLog.__init__
+
+    def on_a_full_disk(self, *a, **kw):
+        open_log(self, *a, **kw)
+        self.file = FullDisk(self.file, room=3)
+
+    monkeypatch.setattr(MetricsLog, "__init__", on_a_full_disk)
+    args[args.index("--max-steps") + 1] = "11"
+    capsys.readouterr()
+    assert train.main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"train.py: error: {workdir}/metrics.jsonl: cannot write (No space left on device) from step 10 on; saved step "
+        f"10, whose log lacks those records: free some space and rerun to resume")
+    assert (workdir / "checkpoints" / "10").is_dir()
+    monkeypatch.undo()
+    assert train.main(args) == 0
+    assert [s for s, _ in step_losses(workdir)] == [*range(1, 10), 11]  # step 10's half line dropped
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.json.tmp").symlink_to("/dev/full")  # the config's temporary file on a full disk
+    fresh_args = [str(fresh) if arg == str(workdir) else arg for arg in args]
+    assert train.main(fresh_args) == 2
+    assert capsys.readouterr().err.strip() == f"train.py: error: {fresh}/config.json: cannot write (No space left on device)"
+    assert sorted(p.name for p in fresh.iterdir()) == [".lock"]
+
+
+@pytest.mark.slow
+def test_a_signal_before_the_loop_exits_at_once_with_no_traceback(tmp_path, data):
+    """SIGINT during the imports (1 s) and SIGTERM while the run starts (3 s: imports, data,
+    model, compilation): 130 and 143, no traceback, at most one line, and a workdir with only
+    whole files (no temporary file), as a rerun expects."""
+    runs = {signal.SIGINT: 1.0, signal.SIGTERM: 3.0}
+    started = {s: start(tmp_path / s.name, data, tmp_path / "cache", "--max-steps", "150") for s in runs}
+    begin = time.time()
+    for signum, at in sorted(runs.items(), key=lambda item: item[1]):
+        time.sleep(max(0.0, begin + at - time.time()))
+        started[signum].send_signal(signum)
+    for signum, run in started.items():
+        assert run.wait(timeout=120) == 128 + signum
+        err = run.stderr.read()
+        assert "Traceback" not in err and "Exception ignored" not in err and len(err.strip().splitlines()) <= 1, err
+        workdir = tmp_path / signum.name
+        assert not list(workdir.rglob("*.tmp")) and not list(workdir.rglob(f"*{'orbax-checkpoint-tmp'}*"))
+        for name in ("config.json", "src_vocab.json", "tgt_vocab.json", "data_fingerprint.json"):
+            assert not (workdir / name).exists() or json.loads((workdir / name).read_text())

@@ -41,6 +41,7 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int, bar, peak: float, writer: bool = True):
         self.path, self.bar, self.peak = path, bar, peak
         self.dropped = None  # (first, last) step of the records past ``resume_step`` that were dropped
+        self.error = None  # why writing failed (see write)
         if writer and path.exists():
             self._repair(resume_step)
         try:
@@ -80,17 +81,16 @@ class MetricsLog:
         write_text(self.path, "".join(line + "\n" for line, _ in kept))
 
     def write(self, **record) -> None:
-        """Append one record (a line of JSON).
-
-        Raises:
-          ZooError: the disk is full or the file cannot be written, naming it (a line cut short
-            there is dropped on resume).
-        """
+        """Append one record (a line of JSON). When that fails (a full disk), :attr:`error` says so,
+        naming the file and the record's step, and this and every later record are skipped: the
+        loop stops and saves (a line cut short is dropped on resume)."""
+        if self.error:
+            return
         try:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         except OSError as e:
-            raise ZooError(f"{self.path}: cannot write ({e.strerror or e})") from None
+            self.error = f"{self.path}: cannot write ({e.strerror or e}) from step {record.get('step')} on"
 
     def add(self, step: int, epoch: int, metrics: dict, flops: float, steps: int = 1) -> None:
         """Keep the metrics (device arrays, not read) of the ``steps`` steps up to ``step`` and
