@@ -103,6 +103,8 @@ def test_a_diverging_run_stops_naming_the_step_and_saves_nothing_non_finite(tmp_
     (["--train.epochs", "-1"], "TrainConfig.epochs=-1: must be at least 1"),
     (["--train.learning-rate", "nan"], "TrainConfig.learning_rate=nan: must be a finite number > 0"),
     (["--train.batch-size", "6"], "--train.batch-size 6 does not split over 4 devices"),
+    (["--train.seed", "99999999999999999999999"], "TrainConfig.seed=99999999999999999999999: must be below 2**32"),
+    (["--train.batch-size", "1000000000"], "--train.batch-size 1000000000: a batch's logits alone take"),
 ])
 def test_bad_flags_are_refused_before_anything_is_written(tmp_path, data, capsys, flags, message):
     workdir = tmp_path / "w"
@@ -163,13 +165,13 @@ class HalfWritten:
         die()
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the child only writes a file, then dies
 @pytest.mark.parametrize("moment", ["writing the temporary file", "before the rename", "after the rename"])
 def test_a_kill_during_the_metrics_repair_leaves_the_whole_history(tmp_path, moment, monkeypatch):
     """Resuming from step 6 drops the records of steps 7-9 and a last line cut short; a real
     SIGKILL (of a forked child) at three moments of that repair leaves either the old file or the
     repaired one, and the next resume finishes the repair. Without a repair, the file is appended to."""
-    from zoo import errors
-    from zoo.metrics_log import MetricsLog
+    from zoo import io
 
     path = tmp_path / "metrics.jsonl"
     full = metrics_history(9)
@@ -180,12 +182,12 @@ def test_a_kill_during_the_metrics_repair_leaves_the_whole_history(tmp_path, mom
     if pid == 0:  # the child: repair, and die at the moment
         try:
             if moment == "writing the temporary file":
-                monkeypatch.setattr(errors, "open", HalfWritten, raising=False)
+                monkeypatch.setattr(io, "open", HalfWritten, raising=False)
             elif moment == "before the rename":
-                monkeypatch.setattr(errors.os, "replace", die)
+                monkeypatch.setattr(io.os, "replace", die)
             else:
                 real = os.replace
-                monkeypatch.setattr(errors.os, "replace", lambda a, b: (real(a, b), die()))
+                monkeypatch.setattr(io.os, "replace", lambda a, b: (real(a, b), die()))
             MetricsLog(path, 6, None, 1.0)
         finally:
             os._exit(3)  # not reached: the child dies by SIGKILL
@@ -208,9 +210,6 @@ def test_a_kill_during_the_metrics_repair_leaves_the_whole_history(tmp_path, mom
     (None, "a folder, not the metrics log"),
 ])
 def test_a_damaged_metrics_log_is_one_line_naming_it_and_left_as_it_is(tmp_path, content, message):
-    from zoo.errors import ZooError
-    from zoo.metrics_log import MetricsLog
-
     path = tmp_path / "metrics.jsonl"
     path.mkdir() if content is None else path.write_bytes(content)
     with pytest.raises(ZooError, match=f"^{path}.*{message}"):
@@ -258,8 +257,8 @@ def small(tmp_path_factory) -> tuple[Path, list[str]]:
     and 8, a validation at 6), and its arguments."""
     root = tmp_path_factory.mktemp("small")
     data = write_tiny_multi30k(root / "data")
-    args = ["--workdir", str(root / "w"), "--data-dir", str(data), *TINY, "--log-every", "1", "--checkpoint-every", "3",
-            "--max-steps", "8", "--compilation-cache", "off"]
+    args = ["--workdir", str(root / "w"), "--data-dir", str(data), *TINY, "--train.log-every", "1",
+            "--train.checkpoint-every", "3", "--train.max-steps", "8", "--compilation-cache", str(root / "cache")]
     with jax.numpy_dtype_promotion("standard"):  # (module scope: the autouse fixture is per test)
         assert train.main(args) == 0
     return root / "w", args
@@ -345,7 +344,7 @@ def test_a_full_disk_while_writing_metrics_or_the_config_is_one_line_and_saves_t
         self.file = FullDisk(self.file, room=3)
 
     monkeypatch.setattr(MetricsLog, "__init__", on_a_full_disk)
-    args[args.index("--max-steps") + 1] = "11"
+    args[args.index("--train.max-steps") + 1] = "11"
     capsys.readouterr()
     assert train.main(args) == 2
     assert capsys.readouterr().err.strip() == (
@@ -370,7 +369,7 @@ def test_a_signal_before_the_loop_exits_at_once_with_no_traceback(tmp_path, data
     model, compilation): 130 and 143, no traceback, at most one line, and a workdir with only
     whole files (no temporary file), as a rerun expects."""
     runs = {signal.SIGINT: 1.0, signal.SIGTERM: 3.0}
-    started = {s: start(tmp_path / s.name, data, tmp_path / "cache", "--max-steps", "150") for s in runs}
+    started = {s: start(tmp_path / s.name, data, tmp_path / "cache", "--train.max-steps", "150") for s in runs}
     begin = time.time()
     for signum, at in sorted(runs.items(), key=lambda item: item[1]):
         time.sleep(max(0.0, begin + at - time.time()))
@@ -383,3 +382,40 @@ def test_a_signal_before_the_loop_exits_at_once_with_no_traceback(tmp_path, data
         assert not list(workdir.rglob("*.tmp")) and not list(workdir.rglob(f"*{'orbax-checkpoint-tmp'}*"))
         for name in ("config.json", "src_vocab.json", "tgt_vocab.json", "data_fingerprint.json"):
             assert not (workdir / name).exists() or json.loads((workdir / name).read_text())
+
+
+
+def test_hostile_config_files_and_metrics_are_one_line(tmp_path, small, capsys):
+    """A YAML --config bomb (aliases of aliases), a --config over 1 MiB; a workdir's config.json
+    with model_name a list, a bool for an int, a string for a bool, and a metrics.jsonl line that
+    is not a record: each one line and exit 2 from train.py, evaluate.py and zoo.load alike."""
+    workdir, args = copy_of(small, tmp_path)
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")) + "train: {seed: *i}\n")
+    big = tmp_path / "big.json"
+    big.write_text(" " * (1 << 20) + "{}")
+    for config, message in ((bomb, "aliases (*a) are not allowed in a config file"), (big, "larger than 1048576 bytes")):
+        assert train.main(["--config", str(config), "--workdir", str(tmp_path / "new")]) == 2
+        assert re.fullmatch(f"train.py: error: --config {config}: .*{re.escape(message)}.*", capsys.readouterr().err.strip())
+    assert not (tmp_path / "new").exists()
+    saved = (workdir / "config.json").read_text()
+    data_dir = args[args.index("--data-dir") + 1]
+    for old, new, message in (('"model_name": "bahdanau"', '"model_name": ["bahdanau"]', "model_name ['bahdanau'] is not one of"),
+                              ('"batch_size": 8', '"batch_size": true', "TrainConfig.batch_size=True: must be an int"),
+                              ('"lowercase": true', '"lowercase": "no"', "DataConfig.lowercase='no': must be a bool")):
+        (workdir / "config.json").write_text(saved.replace(old, new))
+        expected = f"{workdir}/config.json: {message}"
+        assert train.main(args) == 2  # resuming
+        assert capsys.readouterr().err.strip().startswith(f"train.py: error: {expected}")
+        assert evaluate.main(["--workdir", str(workdir), "--data-dir", data_dir]) == 2
+        assert capsys.readouterr().err.strip().startswith(f"evaluate.py: error: {expected}")
+        with pytest.raises(ZooError, match=f"^{re.escape(expected)}"):
+            zoo.load(workdir)
+    (workdir / "config.json").write_text(saved)
+    with (workdir / "metrics.jsonl").open("a") as f:
+        f.write("[1, 2]\n{}\n")
+    assert train.main(args) == 2
+    assert capsys.readouterr().err.strip() == (f"train.py: error: {workdir}/metrics.jsonl, line "
+                                               f"{len((workdir / 'metrics.jsonl').read_text().splitlines()) - 1}: not a "
+                                               "metrics record (a JSON object with an integer step); fix or remove that line")

@@ -106,7 +106,7 @@ def config_from_dict(raw, source) -> Config:
     if "model_name" not in raw:
         raise ZooError(f"{source}: no model_name (one of {', '.join(sorted(MODELS))})")
     name = raw["model_name"]
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ZooError(f"{source}: model_name {name!r} is not one of {', '.join(sorted(MODELS))}")
     sections = {"model": MODELS[name].config, "data": DataConfig, "train": TrainConfig}
     for section, cls in sections.items():

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.errors import ZooError, write_text
+from zoo.errors import ZooError
+from zoo.io import write_text
 
 
 def read_metrics(pending: list[dict]) -> list[dict]:

@@ -5,6 +5,7 @@ fingerprint written (:func:`write_workdir`)."""
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from zoo.data.corpora import load_split, split_paths
 from zoo.data.dataset import epoch_plan, fingerprint, within_max_length
 from zoo.data.pipeline import TextPipeline
 from zoo.distributed import barrier, is_main
-from zoo.errors import ZooError, read_json, write_text
+from zoo.errors import ZooError
+from zoo.io import read_json, write_text
 from zoo.models import build
 
 DATA_FILE = "data_fingerprint.json"  # the workdir's record of its training data (zoo.data.dataset.fingerprint)
@@ -50,7 +52,8 @@ def prepare(config: Config, workdir, data_dir=None, accept_new_data: bool = Fals
     ``data_fingerprint.json``), unless ``accept_new_data`` (``--accept-new-data``).
 
     Raises:
-      ZooError: bad data files or vocabularies, training data that differ from the workdir's
+      ZooError: bad data files or vocabularies, a batch whose logits alone exceed a device's memory,
+        training data that differ from the workdir's
         (naming the files and the flag), a training or validation split that
         ``--data.max-length`` empties, a model config the model refuses, or a batch
         (``batch_size``, which also sizes the validation batches) that does not split over the
@@ -81,13 +84,31 @@ def prepare(config: Config, workdir, data_dir=None, accept_new_data: bool = Fals
     train_ids, skipped = _within_max_length(pipeline, train_src, train_tgt, d, "train")
     val_ids, val_skipped = _within_max_length(pipeline, val_src, val_tgt, d, "val")
     run = Run(config, workdir, train_ids, val_ids, model, skipped, val_skipped, data)
-    if t.batch_tokens is not None:
-        try:
-            run.plan(0)
-        except ValueError as e:
-            raise ZooError(f"--train.batch-tokens: {e} (rows are a multiple of 8 and of the {jax.device_count()} "
-                           "devices)") from None
+    try:
+        plan = run.plan(0)
+    except ValueError as e:
+        raise ZooError(f"--train.batch-tokens: {e} (rows are a multiple of 8 and of the {jax.device_count()} "
+                       "devices)") from None
+    _check_batch_fits(plan, t, config.model.tgt_vocab_size)
     return run, pipeline
+
+
+def _check_batch_fits(plan: list[BatchSpec], t, tgt_vocab_size: int) -> None:
+    """Refuse batches whose logits alone, float32 (B, T, V) split over the devices, exceed one device's
+    memory (HBM; on a CPU the host's memory shared by its devices): a lower bound of what the step
+    needs, which catches a mistyped batch size before anything is written instead of an
+    allocation failure after."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() or {}
+    limit = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / jax.local_device_count()
+    largest = max(plan, key=lambda spec: spec.rows * spec.tgt_len)
+    rows = -(-largest.rows // jax.device_count())  # a device's share of the rows
+    logits = rows * largest.tgt_len * tgt_vocab_size * 4
+    if logits > limit:
+        flag = "--train.batch-tokens" if t.batch_tokens is not None else "--train.batch-size"
+        raise ZooError(f"{flag} {t.batch_tokens or t.batch_size}: a batch's logits alone take {logits / 2**30:.1f} GiB "
+                       f"a device ({rows} rows × {largest.tgt_len} target positions × {tgt_vocab_size} target tokens × "
+                       f"4 bytes), over the {limit / 2**30:.1f} GiB of {device.platform.upper()} {device.id}'s memory")
 
 
 def _check_data(path: Path, data: dict) -> None:
