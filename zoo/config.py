@@ -55,12 +55,12 @@ def _check_types(obj) -> None:
     a value of its type (a bool is no number here): a hand-edited ``config.json`` with
     ``"batch_size": true`` or ``"lowercase": "no"`` is refused, not read as 1 or as true."""
     for f in dataclasses.fields(obj):
-        types = [t for t in typing.get_args(f.type) if t is not type(None)] if isinstance(f.type, types_.UnionType) else [f.type]
-        value = getattr(obj, f.name)
-        if len(types) != 1 or types[0] not in _TYPES or (value is None and types != [f.type]):
-            continue
-        ok = isinstance(value, _TYPES[types[0]]) and (types[0] is bool or not isinstance(value, bool))
-        check_field(obj, f.name, ok, f"must be {'an' if types[0] is int else 'a'} {types[0].__name__}")
+        value, allowed = getattr(obj, f.name), typing.get_args(f.type) if isinstance(f.type, types_.UnionType) else (f.type,)
+        kinds = [t for t in allowed if t is not type(None)]
+        if len(kinds) != 1 or kinds[0] not in _TYPES or (value is None and type(None) in allowed):
+            continue  # Literal choices (checked apart), Any, or an optional field left None
+        ok = isinstance(value, _TYPES[kinds[0]]) and (kinds[0] is bool or not isinstance(value, bool))
+        check_field(obj, f.name, ok, f"must be {'an' if kinds[0] is int else 'a'} {kinds[0].__name__}")
 
 
 def _check_sizes_and_choices(obj) -> None:
