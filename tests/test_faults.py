@@ -419,3 +419,14 @@ def test_hostile_config_files_and_metrics_are_one_line(tmp_path, small, capsys):
     assert capsys.readouterr().err.strip() == (f"train.py: error: {workdir}/metrics.jsonl, line "
                                                f"{len((workdir / 'metrics.jsonl').read_text().splitlines()) - 1}: not a "
                                                "metrics record (a JSON object with an integer step); fix or remove that line")
+
+
+def test_deleting_every_checkpoint_restarts_with_one_line_naming_the_dropped_records(tmp_path, small, capsys):
+    workdir, args = copy_of(small, tmp_path)
+    shutil.rmtree(workdir / "checkpoints")
+    args[args.index("--train.max-steps") + 1] = "1"
+    capsys.readouterr()
+    assert train.main(args) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (f"{workdir}/metrics.jsonl: dropped the records of steps 1-8, past "
+                                                       "step 0 that this run resumes from (no checkpoint left)")
+    assert [s for s, _ in step_losses(workdir)] == [1]
