@@ -218,16 +218,17 @@ def test_a_damaged_metrics_log_is_one_line_naming_it_and_left_as_it_is(tmp_path,
 
 
 
-def with_long_pairs(data: Path, root: Path, split: str, n: int, keep: bool = True) -> Path:
-    """A copy of the data dir ``data`` whose ``split`` ends in (``keep``) or is only (not ``keep``)
-    ``n`` long pairs, two sentences each: 14 tokens or more with <eos>, where the tiny corpus has 8."""
+def with_long_pairs(data: Path, root: Path, long: dict[str, int], keep: bool = True) -> Path:
+    """A copy of the data dir ``data`` whose split ``s`` ends in (``keep``) or is only (not ``keep``)
+    ``long[s]`` long pairs, two sentences each: 14 tokens or more with <eos>, where the tiny corpus has 8."""
     shutil.copytree(data, root, dirs_exist_ok=True)
-    pairs = sentence_pairs(2 * n, seed=7)
-    for lang, column in (("de", 0), ("en", 1)):
-        path = root / "multi30k" / f"{split}.{lang}.gz"
-        text = gzip.decompress(path.read_bytes()).decode() if keep else ""
-        text += "".join(f"{pairs[2 * i][column]} {pairs[2 * i + 1][column]}\n" for i in range(n))
-        path.write_bytes(gzip.compress(text.encode()))
+    for split, n in long.items():
+        pairs = sentence_pairs(2 * n, seed=7)
+        for lang, column in (("de", 0), ("en", 1)):
+            path = root / "multi30k" / f"{split}.{lang}.gz"
+            text = gzip.decompress(path.read_bytes()).decode() if keep else ""
+            text += "".join(f"{pairs[2 * i][column]} {pairs[2 * i + 1][column]}\n" for i in range(n))
+            path.write_bytes(gzip.compress(text.encode()))
     return root
 
 
@@ -240,7 +241,7 @@ def test_a_split_that_max_length_empties_is_one_line_before_anything_is_written(
     assert capsys.readouterr().err.strip() == ("train.py: error: multi30k split 'train': nothing to train on: "
                                                "--data.max-length 7 leaves out all 480 pairs (the shortest has 8 "
                                                "tokens with <eos>)")
-    long_val = with_long_pairs(data, tmp_path / "long_val", "val", 4, keep=False)
+    long_val = with_long_pairs(data, tmp_path / "long_val", {"val": 4}, keep=False)
     assert train.main(["--workdir", str(workdir), "--data-dir", str(long_val), *TINY, "--data.max-length", "12"]) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(r"train.py: error: multi30k split 'val': nothing to validate on: --data.max-length 12 leaves "
@@ -253,15 +254,21 @@ def test_a_split_that_max_length_empties_is_one_line_before_anything_is_written(
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> tuple[Path, list[str]]:
-    """A run of 8 steps trained in this process on 48 pairs (6 steps an epoch, checkpoints at 3, 6
-    and 8, a validation at 6), and its arguments."""
+    """A run of 8 steps trained in this process on 48 of 50 pairs (2 longer than --data.max-length
+    12, and 1 of 9 validation pairs; 6 steps an epoch, checkpoints at 3, 6 and 8, a validation at
+    6), and its arguments."""
     root = tmp_path_factory.mktemp("small")
-    data = write_tiny_multi30k(root / "data")
-    args = ["--workdir", str(root / "w"), "--data-dir", str(data), *TINY, "--train.log-every", "1",
+    data = with_long_pairs(write_tiny_multi30k(root / "tiny"), root / "data", {"train": 2, "val": 1})
+    args = ["--workdir", str(root / "w"), "--data-dir", str(data), *TINY, "--train.log-every", "1", "--data.max-length", "12",
             "--train.checkpoint-every", "3", "--train.max-steps", "8", "--compilation-cache", str(root / "cache")]
     with jax.numpy_dtype_promotion("standard"):  # (module scope: the autouse fixture is per test)
         assert train.main(args) == 0
     return root / "w", args
+
+
+def test_the_pairs_over_max_length_of_both_splits_are_counted_in_the_log(small):
+    (start,) = [r for r in map(json.loads, (small[0] / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "start"]
+    assert (start["skipped_long_pairs"], start["skipped_long_val_pairs"]) == (2, 1)
 
 
 def copy_of(small, tmp_path) -> tuple[Path, list[str]]:
@@ -295,7 +302,7 @@ def test_resuming_on_other_training_data_is_refused_unless_accepted(tmp_path, sm
     is one line naming the files and the flag, with nothing written; --accept-new-data resumes."""
     workdir, args = copy_of(small, tmp_path)
     data = Path(args[args.index("--data-dir") + 1])
-    grown = with_long_pairs(data, tmp_path / "grown", "train", 1)
+    grown = with_long_pairs(data, tmp_path / "grown", {"train": 1})
     args[args.index("--data-dir") + 1] = str(grown)
     before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
     capsys.readouterr()
@@ -303,11 +310,11 @@ def test_resuming_on_other_training_data_is_refused_unless_accepted(tmp_path, sm
     files = f"{grown}/multi30k/train.de.gz, {grown}/multi30k/train.en.gz"
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(f"train.py: error: {re.escape(files)}: not the training data this workdir was trained on "
-                        r"\(48 pairs, SHA-256 [0-9a-f]{12}; now 49 pairs, [0-9a-f]{12}\); --accept-new-data resumes on "
+                        r"\(50 pairs, SHA-256 [0-9a-f]{12}; now 51 pairs, [0-9a-f]{12}\); --accept-new-data resumes on "
                         r"them on purpose, with the workdir's vocabularies", err), err
     assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
     assert train.main([*args, "--accept-new-data"]) == 0  # at step 8 of 8 already: nothing to train
-    assert json.loads((workdir / "data_fingerprint.json").read_text())["pairs"] == 49
+    assert json.loads((workdir / "data_fingerprint.json").read_text())["pairs"] == 51
     assert train.main(args) == 0  # the new data are the workdir's now
 
 
