@@ -4,6 +4,7 @@ A workdir holds::
 
   ``config.json``                      the :class:`zoo.config.Config` (model, data, training)
   ``src_vocab.json``, ``tgt_vocab.json`` the vocabularies
+  ``data_fingerprint.json``            pairs and SHA-256 of the training data (:mod:`zoo.run`)
   ``checkpoints/<step>/``              the latest resumable states (parameters, optimizer state,
                                        step, PRNG key, data position), Orbax, the last 2 kept
   ``best/<step>/``                     the state with the lowest finite validation loss
@@ -11,9 +12,9 @@ A workdir holds::
   ``.lock``                            the PID of the last trainer (:class:`WorkdirLock`)
 
 Integrity. Every step folder holds ``zoo_manifest.json``: the size and SHA-256 of every file
-Orbax wrote for the step's items, and the step's validation loss. It is written into Orbax's
-temporary folder after the items are finalized and before the folder is renamed into place
-(Orbax's ``post_finalization_callback``), so it commits atomically with the step. Restoring
+Orbax wrote for the step's items, the step's validation loss, and the SHA-256 of the
+vocabularies (see Inputs below). It is written into Orbax's temporary folder after the items are
+finalized and before the folder is renamed into place (Orbax's ``post_finalization_callback``), so it commits atomically with the step. Restoring
 verifies it first (Orbax itself checks no checksums: zeroed bytes restore silently); a step with
 a changed, truncated or deleted file is damaged, and :meth:`CheckpointStore.restore` says so in
 one line (the ``zoo`` logger) and falls back to the next older intact step. A step without a
