@@ -82,10 +82,12 @@ def free_port() -> int:
 
 def start_two_processes(workdir, data_dir, logs, max_steps: int) -> list[subprocess.Popen]:
     """train.py as processes 0 and 1 of one run, of 2 CPU devices each (gloo), writing to the files
-    ``logs`` [(stdout, stderr)] (a full pipe would block a process)."""
+    ``logs`` [(stdout, stderr)] (a full pipe would block a process); the runs of a module share a
+    compilation cache (in ``data_dir``), so that only the first compiles."""
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    return [subprocess.Popen([sys.executable, "train.py", *tiny_cli_args(workdir, data_dir, max_steps=max_steps),
+    args = [*tiny_cli_args(workdir, data_dir, max_steps=max_steps)[:-1], str(Path(data_dir) / "xla-cache")]
+    return [subprocess.Popen([sys.executable, "train.py", *args,
                               "--coordinator-address", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
                              cwd=REPO, env=env, stdout=out.open("w"), stderr=err.open("w"))
             for i, (out, err) in enumerate(logs)]
