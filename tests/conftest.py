@@ -35,3 +35,11 @@ def standard_dtype_promotion():
     counts internally, which strict promotion refuses. Rank promotion stays strict."""
     with jax.numpy_dtype_promotion("standard"):
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _prepared_data_cache(tmp_path_factory):
+    """train.py's prepared-data cache (zoo.data.prepare) in the session's temporary folder, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ZOO_PREPARED_DIR", str(tmp_path_factory.mktemp("prepared")))
+        yield

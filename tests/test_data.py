@@ -161,9 +161,9 @@ def test_token_batches_keep_the_budget_cover_every_example_once_and_are_determin
 
 
 def test_real_token_share_counts_padded_target_positions():
-    tgt_ids = [[1] * 3, [1] * 5, [1] * 6]  # 4, 6 and 7 real positions with <eos>
+    tgt_lengths = [3, 5, 6]  # 4, 6 and 7 real positions with <eos>
     plan = [BatchSpec(np.array([0, 1]), 4, 8, 8), BatchSpec(np.array([2]), 2, 4, 8)]
-    assert real_token_share(plan, tgt_ids) == pytest.approx(17 / (4 * 8 + 2 * 8))
+    assert real_token_share(plan, tgt_lengths) == pytest.approx(17 / (4 * 8 + 2 * 8))
 
 
 def test_collate_pads_token_batches_to_the_given_length():

@@ -130,7 +130,8 @@ def test_two_processes_train_as_one_and_the_run_resumes_on_one(tmp_path, data_di
     one = tmp_path / "one"
     two = shutil.copytree(two_process_run[0], tmp_path / "two")
     lines = printed(two_process_run[1])
-    assert len(lines[0]) == 2 and lines[0][1].startswith("trained to step 7 (epoch 1)") and lines[1] == []  # only process 0
+    assert len(lines[0]) == 3 and lines[0][0].startswith("preparing the training data (")  # process 0 prepares
+    assert lines[0][2].startswith("trained to step 7 (epoch 1)") and lines[1] == []  # only process 0 prints
 
     train(tiny_config(max_steps=9), one, data_dir, progress=False)  # the reference: one process, 4 devices
     expected, got = losses(one), losses(two)
@@ -166,7 +167,7 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step_and_the_rerun_is_bi
         time.sleep(0.01)
     processes[1].send_signal(signal.SIGTERM)
     assert wait_for(processes) == [143, 143], [err.read_text()[-2000:] for _, err in logs]
-    lines = printed(logs)
+    lines = [[line for line in out if not line.startswith("preparing the training data (")] for out in printed(logs)]
     assert lines[0][0] == "saved step 2, stopping on SIGTERM" and lines[0][1].startswith("trained to step 2 ") and lines[1] == []
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
     assert list(losses(workdir)) == [1, 2] and records(workdir)[-1]["stopped_by"] == "SIGTERM"

@@ -298,8 +298,9 @@ def test_a_vocabulary_with_two_tokens_swapped_is_refused_by_resume_load_and_eval
 
 
 def test_resuming_on_other_training_data_is_refused_unless_accepted(tmp_path, small, capsys):
-    """One pair more in the training files: the workdir's data fingerprint differs, and the resume
-    is one line naming the files and the flag, with nothing written; --accept-new-data resumes."""
+    """One pair more in the training files: their sizes and SHA-256 differ from the workdir's
+    data_fingerprint.json, and the resume is one line naming the files and the flag, with nothing
+    written; --accept-new-data resumes and records the new files."""
     workdir, args = copy_of(small, tmp_path)
     data = Path(args[args.index("--data-dir") + 1])
     grown = with_long_pairs(data, tmp_path / "grown", {"train": 1})
@@ -310,11 +311,12 @@ def test_resuming_on_other_training_data_is_refused_unless_accepted(tmp_path, sm
     files = f"{grown}/multi30k/train.de.gz, {grown}/multi30k/train.en.gz"
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(f"train.py: error: {re.escape(files)}: not the training data this workdir was trained on "
-                        r"\(50 pairs, SHA-256 [0-9a-f]{12}; now 51 pairs, [0-9a-f]{12}\); --accept-new-data resumes on "
+                        r"\(\d+ bytes, SHA-256 [0-9a-f]{12}; now \d+ bytes, [0-9a-f]{12}\); --accept-new-data resumes on "
                         r"them on purpose, with the workdir's vocabularies", err), err
     assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
     assert train.main([*args, "--accept-new-data"]) == 0  # at step 8 of 8 already: nothing to train
-    assert json.loads((workdir / "data_fingerprint.json").read_text())["pairs"] == 51
+    recorded = json.loads((workdir / "data_fingerprint.json").read_text())["files"]
+    assert [f["path"] for f in recorded] == files.split(", ")
     assert train.main(args) == 0  # the new data are the workdir's now
 
 
@@ -434,6 +436,6 @@ def test_deleting_every_checkpoint_restarts_with_one_line_naming_the_dropped_rec
     args[args.index("--train.max-steps") + 1] = "1"
     capsys.readouterr()
     assert train.main(args) == 0
-    assert capsys.readouterr().out.splitlines()[0] == (f"{workdir}/metrics.jsonl: dropped the records of steps 1-8, past "
-                                                       "step 0 that this run resumes from (no checkpoint left)")
+    assert (f"{workdir}/metrics.jsonl: dropped the records of steps 1-8, past step 0 that this run resumes from (no "
+            "checkpoint left)") in capsys.readouterr().out.splitlines()
     assert [s for s, _ in step_losses(workdir)] == [1]

@@ -7,7 +7,8 @@ The entry points::
     zoo.load(workdir, step=None)      a trained model: .translate(sentences, beam_size=1)
 
 ``build`` and ``list_models`` are imported on first use, so that ``import zoo.serving`` (an
-exported model run by JAX alone) imports no model code and no flax.
+exported model run by JAX alone) imports no model code and no flax, and the worker processes of
+``zoo.data.prepare`` import neither JAX nor flax.
 """
 
 

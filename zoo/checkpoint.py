@@ -3,27 +3,28 @@
 A workdir holds::
 
   ``config.json``                      the :class:`zoo.config.Config` (model, data, training)
-  ``src_vocab.json``, ``tgt_vocab.json`` the vocabularies
-  ``data_fingerprint.json``            pairs and SHA-256 of the training data (:mod:`zoo.run`)
+  ``src_vocab.json``, ``tgt_vocab.json`` the vocabularies (word level), or
+  ``spm.model``                        the joint SentencePiece model (subwords; :mod:`zoo.data.subword`)
+  ``data_fingerprint.json``            sizes and SHA-256 of the training data's files (:mod:`zoo.run`)
   ``checkpoints/<step>/``              the latest resumable states (parameters, optimizer state,
                                        step, PRNG key, data position), Orbax, the last 2 kept
   ``best/<step>/``                     the state with the lowest finite validation loss
   ``metrics.jsonl``                    one JSON object per logged event
   ``.lock``                            the PID of the last trainer (:class:`WorkdirLock`)
 
-Integrity. Every step folder holds ``zoo_manifest.json``: the size and SHA-256 of every file
-Orbax wrote for the step's items, the step's validation loss, and the SHA-256 of the
-vocabularies (see Inputs below). It is written into Orbax's temporary folder after the items are
-finalized and before the folder is renamed into place (Orbax's ``post_finalization_callback``), so it commits atomically with the step. Restoring
-verifies it first (Orbax itself checks no checksums: zeroed bytes restore silently); a step with
-a changed, truncated or deleted file is damaged, and :meth:`CheckpointStore.restore` says so in
-one line (the ``zoo`` logger) and falls back to the next older intact step. A step without a
-manifest is damaged too (every step is written with one); any error reading a step also counts
-as damage. Temporary folders of interrupted saves (``*.orbax-checkpoint-tmp*``) are never read,
-and a writable store deletes them.
+Integrity. Every step folder holds ``zoo_manifest.json``: the size and SHA-256 of every file Orbax
+wrote for the step's items, the step's validation loss, and the SHA-256 of the vocabularies (see
+Inputs below). It is written into Orbax's temporary folder after the items are finalized and before
+the folder is renamed into place (Orbax's ``post_finalization_callback``), so it commits atomically
+with the step. Restoring verifies it first (Orbax itself checks no checksums: zeroed bytes restore
+silently); a step with a changed, truncated or deleted file is damaged, and
+:meth:`CheckpointStore.restore` says so in one line (the ``zoo`` logger) and falls back to the next
+older intact step. A step without a manifest is damaged too (every step is written with one); any
+error reading a step also counts as damage. Temporary folders of interrupted saves
+(``*.orbax-checkpoint-tmp*``) are never read, and a writable store deletes them.
 
 Inputs. The manifest also records the SHA-256 of the workdir files the parameters depend on
-(``depends_on``: the vocabularies, whose token ids the embeddings are indexed by). Restoring
+(``depends_on``: the vocabularies or SentencePiece model, whose token ids index the embeddings). Restoring
 compares them with the files there now: a vocabulary replaced by another of the same size (two
 tokens swapped) is refused in one line instead of loading every embedding under the wrong token.
 

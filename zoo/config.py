@@ -30,6 +30,8 @@ Positional = Literal["sinusoidal", "sinusoidal-concat", "learned", "shaw", "rope
 AttentionImpl = Literal["auto", "reference", "xla", "cudnn", "blocked"]  # auto + zoo.nn.attention.IMPLEMENTATIONS
 Cell = Literal["rnn", "lstm", "gru"]  # zoo.functional.cells.NUM_GATES
 Dataset = Literal["multi30k", "tatoeba"]  # zoo.data.corpora.DATASETS
+Tokenizer = Literal["moses", "sentencepiece"]  # DataConfig.tokenizer (zoo.data.pipeline)
+SubwordModel = Literal["unigram", "bpe"]  # DataConfig.subword_model (SentencePiece's model_type)
 COMPUTE_DTYPES = typing.get_args(ComputeDtype)
 _NOTES = {"dtype": " (float16 would need loss scaling)"}  # appended to a refused choice's message
 
@@ -301,12 +303,18 @@ class DataConfig:
     src_lang: str = "de"  # source language
     tgt_lang: str = "en"  # target language
     lowercase: bool = True  # lowercase before tokenizing
-    min_freq: int = 2  # rarer training tokens map to <unk>
+    min_freq: int = 2  # moses: rarer training tokens map to <unk>
     length_multiple: int = 8  # pad sentence batches up to a multiple of this (fewer recompilations)
     max_length: int = 200  # training and validation pairs with a longer side (tokens + <eos>) are left out, counted in the log
+    # moses: words (sacremoses), a vocabulary a side; sentencepiece: subwords of one joint SentencePiece model
+    # trained on both sides of the training split (zoo.data.subword)
+    tokenizer: Tokenizer = "moses"
+    vocab_size: int = 8000  # sentencepiece: pieces of the joint model, the source and the target vocabulary (specials included)
+    subword_model: SubwordModel = "unigram"  # sentencepiece: unigram (Kudo 2018) | bpe (Sennrich et al. 2016)
 
     def __post_init__(self):
         _check_sizes_and_choices(self)
+        _at_least(self, 5, "vocab_size")  # the 4 special tokens and a piece
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,8 @@ The file is a zip archive (``unzip -l bahdanau.zoo`` lists it; no pickle anywher
 * ``manifest.json``: format and version, the workdir's config (and its model config's class name in
   :mod:`zoo.config`, which a reader needs to rebuild it without the model registry), step, the source and target
   vocabularies, whether the model attends, the beam sizes and platforms, the JAX version.
+* ``spm.model``: a sentencepiece workdir's SentencePiece model (:mod:`zoo.data.subword`), which
+  segments the sentences; absent for word-level (moses) workdirs.
 * ``params.npz``: the parameters as the leaves of their pytree, in ``jax.tree.flatten`` order
   (``0000.npy``, ``0001.npy``, ...): float32, as trained.
 * ``decode/beam{K}.jaxexport``: per beam size K, :func:`zoo.decoding.decode_batch` (greedy for
@@ -37,6 +39,8 @@ from flax import nnx
 from jax import export
 
 from zoo import decoding
+from zoo.data.pipeline import TextPipeline
+from zoo.data.subword import SubwordTokenizer
 from zoo.errors import ZooError
 from zoo.translator import Translator, load
 
@@ -110,6 +114,8 @@ def export_translator(translator: Translator, output, platforms=PLATFORMS, beam_
         "platforms": platforms, "beam_sizes": beam_sizes, "num_params": len(leaves),
     }
     members = {MANIFEST: json.dumps(manifest, ensure_ascii=False, indent=1).encode(), PARAMS: params.getvalue()}
+    if isinstance(pipeline.src_tokenizer, SubwordTokenizer):  # the pieces alone cannot segment a sentence
+        members[TextPipeline.SUBWORD_FILE] = pipeline.src_tokenizer.model_proto
     for k in beam_sizes:
         members[decoder_member(k)] = bytes(export_decoder(translator, k, platforms).serialize())
     output = Path(output)

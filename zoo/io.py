@@ -28,7 +28,12 @@ def read_json(path):
 
 
 def write_text(path, text: str) -> None:
-    """Replace ``path`` by ``text`` atomically: written to ``<path>.tmp``, flushed, then renamed, so
+    """Replace ``path`` by ``text`` (UTF-8) atomically, as :func:`write_bytes`."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` atomically: written to ``<path>.tmp``, flushed, then renamed, so
     a full disk or a kill leaves either the old file or the new one, never half of it.
 
     Raises:
@@ -37,8 +42,8 @@ def write_text(path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -4,7 +4,7 @@
     >>> model = load_exported("bahdanau.zoo")  # doctest: +SKIP
     >>> hypotheses, weights = model.translate(["Ein Mann schläft."], beam_size=3)  # doctest: +SKIP
 
-This module imports ``jax``, NumPy, the tokenizer (sacremoses) and the flax-free host side of
+This module imports ``jax``, NumPy, the tokenizers (sacremoses, sentencepiece) and the flax-free host side of
 translation (:mod:`zoo.translation`, :mod:`zoo.data`, :mod:`zoo.config`), which it shares with
 :func:`zoo.load`: the same sentences give the same translations and attention weights.
 """
@@ -21,6 +21,7 @@ from jax import export
 from zoo import config as zoo_config
 from zoo.config import Config, DataConfig, Seq2SeqConfig, TrainConfig
 from zoo.data.pipeline import TextPipeline
+from zoo.data.subword import SubwordTokenizer
 from zoo.data.tokenize import Tokenizer
 from zoo.data.vocab import Vocab
 from zoo.errors import ZooError
@@ -41,11 +42,17 @@ class ExportedTranslator(TranslatorBase):
       platforms: the platforms it was lowered for.
     """
 
-    def __init__(self, manifest: dict, config: Config, params: list[np.ndarray], decoders: dict[int, export.Exported]):
+    def __init__(self, manifest: dict, config: Config, params: list[np.ndarray], decoders: dict[int, export.Exported],
+                 subword_model: bytes | None = None):
         self.config = config
         data = self.config.data
-        self.pipeline = TextPipeline(Tokenizer(data.src_lang, data.lowercase), Tokenizer(data.tgt_lang, data.lowercase),
-                                     Vocab(manifest["src_vocab"]), Vocab(manifest["tgt_vocab"]))
+        src_vocab, tgt_vocab = Vocab(manifest["src_vocab"]), Vocab(manifest["tgt_vocab"])
+        if subword_model is not None:  # a sentencepiece workdir's spm.model (zoo.data.subword)
+            tokenizer = SubwordTokenizer(subword_model, data.lowercase)
+            self.pipeline = TextPipeline(tokenizer, tokenizer, src_vocab, tgt_vocab)
+        else:
+            self.pipeline = TextPipeline(Tokenizer(data.src_lang, data.lowercase), Tokenizer(data.tgt_lang, data.lowercase),
+                                         src_vocab, tgt_vocab)
         self.model_name, self.step, self.has_attention = self.config.model_name, manifest["step"], manifest["has_attention"]
         self.platforms, self.beam_sizes = manifest["platforms"], sorted(decoders)
         self.params = jax.device_put(params)
@@ -112,10 +119,11 @@ def load_exported(path) -> ExportedTranslator:
                 params = [npz[f"{i:04d}"] for i in range(manifest["num_params"])]
             decoders = {k: export.deserialize(bytearray(archive.read(f"decode/beam{k}.jaxexport")))
                         for k in manifest["beam_sizes"]}
-        config = _config(manifest)
+            config = _config(manifest)
+            subword_model = archive.read(TextPipeline.SUBWORD_FILE) if config.data.tokenizer == "sentencepiece" else None
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as e:
         raise ZooError(f"{path}: not a complete zoo export ({type(e).__name__}: {e})") from None
     if current_platform() not in manifest["platforms"]:
         raise ZooError(f"{path}: exported for {','.join(manifest['platforms'])}, not for this machine's "
                        f"{current_platform()}; export again with --platforms {current_platform()}")
-    return ExportedTranslator(manifest, config, params, decoders)
+    return ExportedTranslator(manifest, config, params, decoders, subword_model)

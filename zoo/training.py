@@ -34,7 +34,7 @@ from tqdm import tqdm
 from zoo.checkpoint import CheckpointStore, WorkdirLock
 from zoo.compilation import CompileCounter
 from zoo.config import Config, TrainConfig
-from zoo.data.batching import chunk_lengths
+from zoo.data.batching import chunk_lengths, example_lengths
 from zoo.data.loader import device_batches, real_token_share
 from zoo.data.pipeline import TextPipeline
 from zoo.distributed import data_parallel, is_main, state_shardings
@@ -145,7 +145,7 @@ class Trainer:
         # training batches; with steps_per_call > 1 a slot axis comes before the batch axis
         self.train_sharding = self.batch_sharding if t.steps_per_call == 1 else NamedSharding(replicated.mesh, P(None, "data"))
         state_sharding = state_shardings(state, replicated.mesh, t.fsdp)
-        self.store = CheckpointStore(run.workdir, depends_on=TextPipeline.FILES)
+        self.store = CheckpointStore(run.workdir, depends_on=TextPipeline.files(run.config.data))
         self.pos, key_data = Position(), jax.random.key_data(jax.random.key(t.seed))
         if self.store.latest_step() is not None:
             target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
@@ -170,7 +170,7 @@ class Trainer:
         if self.pos.step == 0:
             self.log.write(event="start", step=0, num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
                            devices=str(jax.devices()), steps_per_epoch=self.steps_per_epoch,
-                           real_token_share=real_token_share(first_plan, run.train_ids[1]),
+                           real_token_share=real_token_share(first_plan, example_lengths(run.train_ids)[1]),
                            skipped_long_pairs=run.skipped, skipped_long_val_pairs=run.val_skipped)
         if self.log.dropped:
             first, last = self.log.dropped
@@ -254,8 +254,12 @@ class Trainer:
         self.log.close()
 
 
-def train(config: Config, workdir, data_dir=None, progress: bool = True, accept_new_data: bool = False) -> dict:
+def train(config: Config, workdir, data_dir=None, progress: bool = True, prepared_dir=None,
+          accept_new_data: bool = False) -> dict:
     """Train ``config`` on its dataset, checkpointing into ``workdir`` and resuming from it.
+
+    ``prepared_dir``: read the training split from prepared shards in this cache, preparing them
+    first when missing or stale (:func:`zoo.run.prepare`); None: tokenize it into memory.
 
     SIGTERM or SIGINT during training: the calls already queued (at most two) finish, a resumable checkpoint is saved
     at it (waiting for the save to commit), and ``train`` returns with ``stopped_by`` set; with several processes, all
@@ -277,7 +281,7 @@ def train(config: Config, workdir, data_dir=None, progress: bool = True, accept_
     """
     start = time.time()
     with ExitOnSignal():  # a signal before the loop exits at once (128 + signum)
-        run, pipeline = prepare(config, workdir, data_dir, accept_new_data)
+        run, pipeline = prepare(config, workdir, data_dir, prepared_dir, accept_new_data)
         lock = WorkdirLock(run.workdir) if is_main() else contextlib.nullcontext()  # one lock a run, held by process 0
         with lock, CompileCounter() as compiles, StopSignal() as stop:
             write_workdir(run, pipeline)

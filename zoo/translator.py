@@ -81,5 +81,6 @@ def load(workdir, step: int | None = None) -> Translator:
         raise ZooError(f"{workdir / CONFIG_FILE}: model {config.model_name!r}: {e}") from None
     graphdef, params = nnx.split(model)
     target = {"params": nnx.to_pure_dict(params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
-    state, _ = CheckpointStore(workdir, read_only=True, depends_on=TextPipeline.FILES).restore(target, step=step, best=True)
+    store = CheckpointStore(workdir, read_only=True, depends_on=TextPipeline.files(config.data))
+    state, _ = store.restore(target, step=step, best=True)
     return Translator(config, pipeline, graphdef, jax.device_put(state["params"]), int(state["step"]))

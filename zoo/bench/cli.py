@@ -15,11 +15,15 @@ How the cost of each mechanism grows, on whatever device JAX sees:
            training loop and of the compiled step back to back, the host overhead, FLOPs per
            token, MFU, compile time and memory of every model; --peer torch adds PyTorch's
            tutorial Bahdanau and nn.Transformer on the same batches. Only when named.
+  data     the data study (zoo/bench/datascale.py): today's word pipeline against subwords read
+           from prepared shards on 1x, 10x and 100x Multi30k train (synthetic, resampled):
+           preparation sentences/s on one and all cores, the training process's peak RSS, time to
+           first step on a second run, the loop's tokens/s (--scales to choose). Only when named.
 
 Writes DIR/scaling.json (every measurement, fitted exponent with its range, and target),
 DIR/table.txt (the printed table) and log-log PNGs with the fitted slopes; the train study
 writes DIR/train.json, DIR/train_table.txt and DIR/train.png; the serve study DIR/serve.json
-and DIR/serve_table.txt.
+and DIR/serve_table.txt; the data study DIR/data.json and DIR/data_table.md.
 """
 
 import argparse
@@ -29,7 +33,7 @@ from pathlib import Path
 from zoo.errors import ZooError
 
 MIN_REPEATS = 5
-NAMED_ONLY = ("train", "serve")  # studies that run only when named
+NAMED_ONLY = ("train", "serve", "data")  # studies that run only when named
 
 
 def parse_args(argv=None):
@@ -41,7 +45,11 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", default=None,
                    help="train study: these models (default: all); serve study: the first (default: bahdanau)")
     p.add_argument("--exported", default=None, help="serve study: serve this file of python -m zoo.export")
-    p.add_argument("--data-dir", default=None, help="train study: where Multi30k is (default: $ZOO_DATA_DIR, ...)")
+    p.add_argument("--data-dir", default=None, help="train and data studies: where Multi30k is (default: $ZOO_DATA_DIR, ...)")
+    p.add_argument("--scales", nargs="+", type=int, default=None, help="data study: corpus sizes in Multi30k trains "
+                   "(default: 1 10 100)")
+    p.add_argument("--word-max-scale", type=int, default=None, help="data study: the word pipeline's largest scale "
+                   "(default: 10; it tokenizes the whole corpus at every start)")
     p.add_argument("--quick", action="store_true", help="small sizes, forward passes: a minute or so on a laptop CPU")
     p.add_argument("--device", default=None, help="cpu, gpu or tpu (default: JAX's default device)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
@@ -99,6 +107,8 @@ def main(argv=None) -> int:
         preset = QUICK if args.quick else full_preset(device)
         if args.repeats is not None:
             preset = replace(preset, repeats=args.repeats)
+        if args.scales is not None and min(args.scales) < 1:
+            raise ZooError(f"--scales {args.scales}: corpus sizes are whole multiples of Multi30k train, at least 1")
         studies = [s for s in STUDIES if s in args.studies] if args.studies else list(STUDIES)
         try:
             if studies:
@@ -116,6 +126,10 @@ def main(argv=None) -> int:
                                           args.models, peer, args.data_dir)
             if "serve" in args.studies:
                 main_serve(args, out)
+            if "data" in args.studies:
+                from zoo.bench.datascale import SCALES, WORD_MAX_SCALE, run_data_study
+
+                run_data_study(out, args.data_dir, tuple(args.scales or SCALES), args.word_max_scale or WORD_MAX_SCALE)
         except PeerUnavailable as e:
             raise ZooError(str(e)) from None
     except ZooError as e:

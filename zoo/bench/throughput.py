@@ -287,8 +287,9 @@ def multi30k_batching(data_dir=None, batch_tokens: int = 4096) -> dict | None:
     src, tgt = load_split("multi30k", "train", "de", "en", data_dir)
     pipeline = TextPipeline.build(DataConfig(), src, tgt)
     src_ids, tgt_ids = pipeline.encode_source(src), pipeline.encode_target(tgt)
-    plan = token_batches([len(s) for s in src_ids], [len(t) for t in tgt_ids], batch_tokens, 0, 0)
-    return {"batch_tokens": batch_tokens, "real_token_share": real_token_share(plan, tgt_ids),
+    tgt_lengths = [len(t) for t in tgt_ids]
+    plan = token_batches([len(s) for s in src_ids], tgt_lengths, batch_tokens, 0, 0)
+    return {"batch_tokens": batch_tokens, "real_token_share": real_token_share(plan, tgt_lengths),
             "shapes": len({(s.rows, s.tgt_len) for s in plan}), "batches": len(plan)}
 
 

@@ -49,6 +49,9 @@ class RunOptions:
     progress: bool = True  # show the progress bar
     accept_new_data: bool = False  # resume on training data other than the workdir was trained on (on purpose)
     compilation_cache: str | None = None  # JAX's compilation cache (default: $ZOO_COMPILATION_CACHE, else ~/.cache/zoo/jax; off)
+    # prepared training data (python -m zoo.data.prepare; made here when missing or stale): this cache
+    # (default: $ZOO_PREPARED_DIR, else ~/.cache/zoo/prepared); off: tokenize the training split into memory
+    prepared_dir: str | None = None
     distributed: bool = False  # one process of a multi-process run: jax.distributed.initialize(), cluster auto-detected
     coordinator_address: str | None = None  # multi-process run: HOST:PORT of process 0 (any free port)
     num_processes: int | None = None  # multi-process run: how many processes
@@ -180,7 +183,10 @@ def main(argv=None) -> int:
 
         cache = options.compilation_cache
         enable_compilation_cache(default_cache_dir() if cache is None else None if cache == "off" else cache)
-        result = train(config, options.workdir, options.data_dir, progress=options.progress,
+        from zoo.data.prepare import prepared_root
+
+        prepared = None if options.prepared_dir == "off" else prepared_root(options.prepared_dir)
+        result = train(config, options.workdir, options.data_dir, progress=options.progress, prepared_dir=prepared,
                        accept_new_data=options.accept_new_data)
     except ZooError as e:
         print(f"train.py: error: {e}", file=sys.stderr)

@@ -158,16 +158,36 @@ def chunk_lengths(plan: list[BatchSpec], steps_per_call: int) -> list[int]:
     return lengths
 
 
-def collate(src_ids: list[list[int]], tgt_ids: list[list[int]], indices, batch_size: int, length_multiple: int = 8,
+def examples(ids, indices) -> tuple[list, list]:
+    """The source and target ids of the examples ``indices`` of ``ids``: either in-memory lists
+    ``(src_ids, tgt_ids)``, or a prepared dataset (:class:`zoo.data.prepare.PreparedData`), whose
+    ``read`` reads those examples only from disk."""
+    if isinstance(ids, tuple):
+        return [ids[0][i] for i in indices], [ids[1][i] for i in indices]
+    return ids.read(indices)
+
+
+def example_lengths(ids) -> tuple[np.ndarray, np.ndarray]:
+    """Source and target tokens (without <eos>) of every example of ``ids`` (as :func:`examples`)."""
+    if isinstance(ids, tuple):
+        return np.array([len(s) for s in ids[0]], np.int64), np.array([len(t) for t in ids[1]], np.int64)
+    return ids.lengths[:, 0], ids.lengths[:, 1]
+
+
+def collate(src_ids, tgt_ids, indices, batch_size: int, length_multiple: int = 8,
             lengths: tuple[int, int] | None = None) -> dict:
     """Pad the examples ``indices`` into a batch of ``batch_size`` rows (see the module docstring).
 
     Sources get <eos>. Source and target are padded to ``lengths`` = (S, T) if given (a plan's),
     else to :func:`padded_lengths` of the examples.
     """
-    srcs = [src_ids[i] + [EOS_ID] for i in indices]
-    tgts = [tgt_ids[i] for i in indices]
-    S, T = lengths or padded_lengths([len(s) - 1 for s in srcs], [len(t) for t in tgts], length_multiple)
+    return collate_examples([src_ids[i] for i in indices], [tgt_ids[i] for i in indices], batch_size, length_multiple,
+                            lengths)
+
+
+def collate_examples(srcs, tgts, batch_size: int, length_multiple: int = 8, lengths: tuple[int, int] | None = None) -> dict:
+    """:func:`collate` of the examples themselves: ``srcs`` and ``tgts`` are their ids (lists or int arrays)."""
+    S, T = lengths or padded_lengths([len(s) for s in srcs], [len(t) for t in tgts], length_multiple)
     batch = {
         "src": np.full((batch_size, S), PAD_ID, np.int32),
         "src_length": np.zeros((batch_size,), np.int32),
@@ -176,9 +196,13 @@ def collate(src_ids: list[list[int]], tgt_ids: list[list[int]], indices, batch_s
         "tgt_length": np.zeros((batch_size,), np.int32),
     }
     for row, (s, t) in enumerate(zip(srcs, tgts)):
-        batch["src"][row, : len(s)] = s
-        batch["src_length"][row] = len(s)
-        batch["tgt_in"][row, : len(t) + 1] = [BOS_ID, *t]
-        batch["tgt_out"][row, : len(t) + 1] = [*t, EOS_ID]
-        batch["tgt_length"][row] = len(t) + 1
+        n, m = len(s), len(t)
+        batch["src"][row, :n] = s
+        batch["src"][row, n] = EOS_ID
+        batch["src_length"][row] = n + 1
+        batch["tgt_in"][row, 0] = BOS_ID
+        batch["tgt_in"][row, 1 : m + 1] = t
+        batch["tgt_out"][row, :m] = t
+        batch["tgt_out"][row, m] = EOS_ID
+        batch["tgt_length"][row] = m + 1
     return batch

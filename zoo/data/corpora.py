@@ -88,6 +88,20 @@ def _tatoeba_path(root: Path) -> Path:
     return path
 
 
+def split_paths(dataset: str, split: str, src_lang: str, tgt_lang: str, data_dir=None) -> tuple[Path, ...]:
+    """The files a named split is read from (downloaded if missing): multi30k's source and
+    target files, or tatoeba's one file.
+
+    Raises:
+      ZooError: as :func:`load_split`, before reading the files.
+    """
+    _check(dataset, split, src_lang, tgt_lang)
+    root = resolve_data_dir(data_dir) / DATASETS[dataset][0]
+    if dataset == "tatoeba":
+        return (_tatoeba_path(root),)
+    return _multi30k_paths(root, split, src_lang, tgt_lang)
+
+
 def load_split(dataset: str, split: str, src_lang: str, tgt_lang: str, data_dir=None) -> tuple[list[str], list[str]]:
     """Raw (untokenized) source and target sentences of a named split, line-aligned.
 
@@ -101,16 +115,7 @@ def load_split(dataset: str, split: str, src_lang: str, tgt_lang: str, data_dir=
         cannot be downloaded, or a bad file (naming the file and line: see
         :func:`zoo.data.text.read_lines` and :func:`zoo.data.tatoeba.read_pairs`).
     """
-    _check(dataset, split, src_lang, tgt_lang)
-    root = resolve_data_dir(data_dir) / DATASETS[dataset][0]
+    paths = split_paths(dataset, split, src_lang, tgt_lang, data_dir)
     if dataset == "tatoeba":
-        return tatoeba.load_split(_tatoeba_path(root), split, src_lang, tgt_lang)
-    return read_parallel(*_multi30k_paths(root, split, src_lang, tgt_lang))
-
-
-def split_paths(dataset: str, split: str, src_lang: str, tgt_lang: str, data_dir=None) -> list[Path]:
-    """The files that :func:`load_split` reads a named split from (arguments as there)."""
-    root = resolve_data_dir(data_dir) / DATASETS[dataset][0]
-    if dataset == "tatoeba":
-        return [root / "fra.txt.gz"]
-    return [root / f"{MULTI30K_SPLITS[split]}.{lang}.gz" for lang in (src_lang, tgt_lang)]
+        return tatoeba.load_split(paths[0], split, src_lang, tgt_lang)
+    return read_parallel(*paths)

@@ -2,24 +2,29 @@
 
 import hashlib
 import math
+import os
 
 from zoo.config import DataConfig, TrainConfig
 from zoo.data.batching import BatchSpec, batch_order, group_by_shape, token_batches
 
 
-def fingerprint(src: list[str], tgt: list[str]) -> dict:
-    """``{"pairs": N, "sha256": H}`` of raw (untokenized) sentence pairs: H is the SHA-256 of every
-    source sentence then every target sentence, each followed by a newline (a change of any
-    character, order or count changes it, whatever the files' compression or layout).
+def fingerprint(paths) -> dict:
+    """``{"files": [{"path", "bytes", "sha256"}, ...]}``: what a run's training files were, to tell
+    on resuming whether they changed (the SHA-256 of each file's bytes, in ``paths``' order).
 
     Examples:
-      >>> fingerprint(["Ein Hund."], ["A dog."])["pairs"]
-      1
+      >>> import pathlib, tempfile
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "train.de"
+      >>> _ = path.write_text("Ein Hund.\n")
+      >>> fingerprint([path])["files"][0]["bytes"]
+      10
     """
-    digest = hashlib.sha256()
-    for sentence in (*src, *tgt):
-        digest.update(sentence.encode("utf-8") + b"\n")
-    return {"pairs": len(src), "sha256": digest.hexdigest()}
+    files = []
+    for path in paths:
+        with open(path, "rb") as f:
+            files.append({"path": str(path), "bytes": os.fstat(f.fileno()).st_size,
+                          "sha256": hashlib.file_digest(f, "sha256").hexdigest()})
+    return {"files": files}
 
 
 def within_max_length(src_ids: list, tgt_ids: list, max_length: int) -> tuple[tuple[list, list], int]:

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from zoo.data.batching import BatchSpec, chunk_lengths, collate
+from zoo.data.batching import BatchSpec, chunk_lengths, collate_examples, examples
 
 PREFETCH = 4  # batches collated and placed on the devices ahead of the step
 
@@ -40,9 +40,16 @@ def process_rows(spec: BatchSpec, process_index: int, process_count: int) -> Bat
     return spec._replace(indices=spec.indices[process_index * rows : (process_index + 1) * rows], rows=rows)
 
 
+def local_batch(ids, spec: BatchSpec, process_index: int, process_count: int) -> dict:
+    """This process's rows of the global batch ``spec`` (:func:`process_rows`), collated to the
+    plan's padded lengths; only those examples are read from ``ids`` (in-memory lists or a
+    prepared dataset: :func:`zoo.data.batching.examples`)."""
+    local = process_rows(spec, process_index, process_count)
+    return collate_examples(*examples(ids, local.indices), local.rows, lengths=(spec.src_len, spec.tgt_len))
+
+
 def _collate(ids, spec: BatchSpec) -> dict:
-    local = process_rows(spec, jax.process_index(), jax.process_count())
-    return collate(*ids, local.indices, local.rows, lengths=(spec.src_len, spec.tgt_len))
+    return local_batch(ids, spec, jax.process_index(), jax.process_count())
 
 
 def _place(sharding, batch: dict) -> dict:
@@ -67,7 +74,8 @@ def device_batches(ids: tuple[list, list], plan: list[BatchSpec], start: int, sh
     """Batches ``plan[start:]`` as global ``jax.Array`` s with ``sharding``, prefetched (see the module docstring).
 
     Args:
-      ids: (source ids, target ids), one list of token ids per sentence.
+      ids: (source ids, target ids), one list of token ids per sentence, or a prepared dataset
+        (:class:`zoo.data.prepare.PreparedData`) whose examples are read a batch at a time.
       plan: the epoch's batches. start: the first batch to read.
       sharding: where a batch goes, e.g. ``NamedSharding(mesh, P("data"))``.
       steps_per_call: > 1: one element per call of a multi-step program, the batches of
@@ -89,10 +97,9 @@ def device_batches(ids: tuple[list, list], plan: list[BatchSpec], start: int, sh
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH)))
 
 
-def real_token_share(plan: list[BatchSpec], tgt_ids) -> float:
-    """Real target tokens (y_1..y_n, <eos>) over the padded target positions of a plan."""
-    real = padded = 0
-    for spec in plan:
-        real += sum(len(tgt_ids[i]) + 1 for i in spec.indices)
-        padded += spec.rows * spec.tgt_len
-    return real / padded
+def real_token_share(plan: list[BatchSpec], tgt_lengths) -> float:
+    """Real target tokens (y_1..y_n, <eos>) over the padded target positions of a plan;
+    ``tgt_lengths``: each example's target tokens (without <eos>)."""
+    tgt_lengths = np.asarray(tgt_lengths)
+    real = sum(int(tgt_lengths[spec.indices].sum()) + len(spec.indices) for spec in plan)
+    return real / sum(spec.rows * spec.tgt_len for spec in plan)

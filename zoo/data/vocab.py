@@ -20,7 +20,12 @@ class Vocab:
 
     @classmethod
     def build(cls, sentences: list[list[str]], min_freq: int = 2) -> "Vocab":
-        counts = Counter(t for s in sentences for t in s)
+        """The vocabulary of tokenized ``sentences``: tokens seen at least ``min_freq`` times."""
+        return cls.from_counts(Counter(t for s in sentences for t in s), min_freq)
+
+    @classmethod
+    def from_counts(cls, counts: Counter, min_freq: int = 2) -> "Vocab":
+        """The vocabulary of tokens counted ``counts`` times (e.g. summed over shards), as :meth:`build`."""
         kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in SPECIALS), key=lambda t: (-counts[t], t))
         return cls([*SPECIALS, *kept])
 
