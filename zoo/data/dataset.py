@@ -15,7 +15,7 @@ def fingerprint(paths) -> dict:
     Examples:
       >>> import pathlib, tempfile
       >>> path = pathlib.Path(tempfile.mkdtemp()) / "train.de"
-      >>> _ = path.write_text("Ein Hund.\n")
+      >>> _ = path.write_bytes(b"Ein Hund. ")
       >>> fingerprint([path])["files"][0]["bytes"]
       10
     """
