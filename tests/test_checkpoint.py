@@ -113,6 +113,7 @@ DAMAGE = {  # name: (the file, what happens to it)
     "deleted manifest.ocdbt": (lambda step_dir: step_dir / "state" / "manifest.ocdbt", os.remove),
     "deleted meta": (lambda step_dir: step_dir / "meta" / "metadata", os.remove),
     "truncated checksums": (lambda step_dir: step_dir / checkpoint.MANIFEST, truncate),
+    "deleted checksums": (lambda step_dir: step_dir / checkpoint.MANIFEST, os.remove),  # not trusted unverified
 }
 
 

@@ -3,9 +3,12 @@ FSDP gives the replicated numbers; evaluation and decoding split their batches o
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -77,36 +80,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_two_processes(workdir, data_dir, logs, max_steps: int) -> list[subprocess.Popen]:
+    """train.py as processes 0 and 1 of one run, of 2 CPU devices each (gloo), writing to the files
+    ``logs`` [(stdout, stderr)] (a full pipe would block a process); the runs of a module share a
+    compilation cache (in ``data_dir``), so that only the first compiles."""
+    port = free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    args = [*tiny_cli_args(workdir, data_dir, max_steps=max_steps)[:-1], str(Path(data_dir) / "xla-cache")]
+    return [subprocess.Popen([sys.executable, "train.py", *args,
+                              "--coordinator-address", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+                             cwd=REPO, env=env, stdout=out.open("w"), stderr=err.open("w"))
+            for i, (out, err) in enumerate(logs)]
+
+
+def wait_for(processes: list[subprocess.Popen], timeout: float = 240) -> list[int]:
+    """The exit codes; a process that failed leaves the other waiting for it: killed after ``timeout``."""
+    try:
+        for p in processes:
+            p.wait(timeout=timeout)
+    finally:
+        for p in processes:
+            p.kill()
+    return [p.returncode for p in processes]
+
+
+def printed(logs) -> list[list[str]]:
+    """Each process's stdout lines that are ours: gloo prints its own connection lines from its
+    threads, which may split or interleave them (an empty line, a line cut at '[Gloo] Rank ')."""
+    ours = lambda line: line.strip() and "[Gloo]" not in line and "peer ranks" not in line
+    return [[line for line in out.read_text().splitlines() if ours(line)] for out, _ in logs]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, data_dir):
+    """A run of 7 steps on two processes: its workdir, logs and losses (step -> loss)."""
+    root = tmp_path_factory.mktemp("two")
+    logs = [(root / f"stdout{i}", root / f"stderr{i}") for i in (0, 1)]
+    codes = wait_for(start_two_processes(root / "w", data_dir, logs, max_steps=7))
+    assert codes == [0, 0], [err.read_text()[-2000:] for _, err in logs]
+    return root / "w", logs, losses(root / "w")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="JAX has no multi-process CPU collectives (gloo) on Windows")
-def test_two_processes_train_as_one_and_the_run_resumes_on_one(tmp_path, data_dir):
+def test_two_processes_train_as_one_and_the_run_resumes_on_one(tmp_path, data_dir, two_process_run):
     """Two processes of 2 CPU devices each (gloo) against one process of 4 devices: the same global
     batches and dropout keys, so the same losses (to float reduction order); one copy of every
     file; and the two-process workdir resumes on one process with the one-process numbers."""
-    two, one = tmp_path / "two", tmp_path / "one"
-    port = free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    logs = [(tmp_path / f"stdout{i}", tmp_path / f"stderr{i}") for i in (0, 1)]  # files: a full pipe would block a process
-    processes = [
-        subprocess.Popen([sys.executable, "train.py", *tiny_cli_args(two, data_dir, max_steps=7), "--coordinator-address",
-                          f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
-                         cwd=REPO, env=env, stdout=out.open("w"), stderr=err.open("w"))
-        for i, (out, err) in enumerate(logs)
-    ]
-    try:
-        for p in processes:
-            p.wait(timeout=240)
-    finally:
-        for p in processes:  # a process that failed leaves the other waiting for it
-            p.kill()
-    for p, (_, err) in zip(processes, logs):
-        assert p.returncode == 0, err.read_text()[-2000:]
-    # gloo prints its own connection lines from its threads, which may split or interleave them
-    # (an empty line, a line cut at '[Gloo] Rank '): only the lines that are ours count
-    ours = lambda line: line.strip() and "[Gloo]" not in line and "peer ranks" not in line
-    printed = [[line for line in out.read_text().splitlines() if ours(line)] for out, _ in logs]
-    assert len(printed[0]) == 3 and printed[0][0].startswith("preparing the training data (")  # process 0 prepares
-    assert printed[0][2].startswith("trained to step 7 (epoch 1)") and printed[1] == []  # only process 0 prints
+    one = tmp_path / "one"
+    two = shutil.copytree(two_process_run[0], tmp_path / "two")
+    lines = printed(two_process_run[1])
+    assert len(lines[0]) == 3 and lines[0][0].startswith("preparing the training data (")  # process 0 prepares
+    assert lines[0][2].startswith("trained to step 7 (epoch 1)") and lines[1] == []  # only process 0 prints
 
     train(tiny_config(max_steps=9), one, data_dir, progress=False)  # the reference: one process, 4 devices
     expected, got = losses(one), losses(two)
@@ -115,7 +140,7 @@ def test_two_processes_train_as_one_and_the_run_resumes_on_one(tmp_path, data_di
     start = [r for r in records(two) if r.get("event") == "start"]
     assert len(start) == 1 and start[0]["devices"].count("CpuDevice") == 4
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    for name in ("src_vocab.json", "tgt_vocab.json"):
+    for name in ("src_vocab.json", "tgt_vocab.json", "data_fingerprint.json"):
         assert (two / name).read_text() == (one / name).read_text()
     configs = [json.loads((w / "config.json").read_text()) for w in (two, one)]
     assert [c["train"].pop("max_steps") for c in configs] == [7, 9] and configs[0] == configs[1]
@@ -124,6 +149,30 @@ def test_two_processes_train_as_one_and_the_run_resumes_on_one(tmp_path, data_di
     assert result["step"] == 9
     resumed = losses(two)
     np.testing.assert_allclose([resumed[8], resumed[9]], [expected[8], expected[9]], rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="JAX has no multi-process CPU collectives (gloo) on Windows")
+def test_a_signal_to_one_process_stops_both_at_the_same_step_and_the_rerun_is_bit_for_bit(tmp_path, data_dir,
+                                                                                        two_process_run):
+    """SIGTERM reaches process 1 only, once both are past writing the workdir (process 0 has started
+    metrics.jsonl): both agree to stop at the next sync point (the checkpoint of step 2), save it
+    once, exit 143, and the rerun on two processes gives the uninterrupted run's losses bit for bit."""
+    workdir = tmp_path / "w"
+    logs = [(tmp_path / f"stdout{i}", tmp_path / f"stderr{i}") for i in (0, 1)]
+    processes = start_two_processes(workdir, data_dir, logs, max_steps=7)
+    deadline = time.time() + 240
+    while not (workdir / "metrics.jsonl").exists():
+        assert all(p.poll() is None for p in processes) and time.time() < deadline, [e.read_text()[-2000:] for _, e in logs]
+        time.sleep(0.01)
+    processes[1].send_signal(signal.SIGTERM)
+    assert wait_for(processes) == [143, 143], [err.read_text()[-2000:] for _, err in logs]
+    lines = [[line for line in out if not line.startswith("preparing the training data (")] for out in printed(logs)]
+    assert lines[0][0] == "saved step 2, stopping on SIGTERM" and lines[0][1].startswith("trained to step 2 ") and lines[1] == []
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
+    assert list(losses(workdir)) == [1, 2] and records(workdir)[-1]["stopped_by"] == "SIGTERM"
+    assert wait_for(start_two_processes(workdir, data_dir, logs, max_steps=7)) == [0, 0], logs[0][1].read_text()[-2000:]
+    assert losses(workdir) == two_process_run[2]  # bit for bit
 
 
 @pytest.fixture(scope="module")

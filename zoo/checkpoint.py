@@ -5,22 +5,28 @@ A workdir holds::
   ``config.json``                      the :class:`zoo.config.Config` (model, data, training)
   ``src_vocab.json``, ``tgt_vocab.json`` the vocabularies (word level), or
   ``spm.model``                        the joint SentencePiece model (subwords; :mod:`zoo.data.subword`)
+  ``data_fingerprint.json``            sizes and SHA-256 of the training data's files (:mod:`zoo.run`)
   ``checkpoints/<step>/``              the latest resumable states (parameters, optimizer state,
                                        step, PRNG key, data position), Orbax, the last 2 kept
   ``best/<step>/``                     the state with the lowest finite validation loss
   ``metrics.jsonl``                    one JSON object per logged event
   ``.lock``                            the PID of the last trainer (:class:`WorkdirLock`)
 
-Integrity. Every step folder holds ``zoo_manifest.json``: the size and SHA-256 of every file
-Orbax wrote for the step's items, and the step's validation loss. It is written into Orbax's
-temporary folder after the items are finalized and before the folder is renamed into place
-(Orbax's ``post_finalization_callback``), so it commits atomically with the step. Restoring
-verifies it first (Orbax itself checks no checksums: zeroed bytes restore silently); a step with
-a changed, truncated or deleted file is damaged, and :meth:`CheckpointStore.restore` says so in
-one line (the ``zoo`` logger) and falls back to the next older intact step. Steps without a
-manifest (written before it existed) are restored unverified; any error reading them also
-counts as damage. Temporary folders of interrupted saves (``*.orbax-checkpoint-tmp*``) are
-never read, and a writable store deletes them.
+Integrity. Every step folder holds ``zoo_manifest.json``: the size and SHA-256 of every file Orbax
+wrote for the step's items, the step's validation loss, and the SHA-256 of the vocabularies (see
+Inputs below). It is written into Orbax's temporary folder after the items are finalized and before
+the folder is renamed into place (Orbax's ``post_finalization_callback``), so it commits atomically
+with the step. Restoring verifies it first (Orbax itself checks no checksums: zeroed bytes restore
+silently); a step with a changed, truncated or deleted file is damaged, and
+:meth:`CheckpointStore.restore` says so in one line (the ``zoo`` logger) and falls back to the next
+older intact step. A step without a manifest is damaged too (every step is written with one); any
+error reading a step also counts as damage. Temporary folders of interrupted saves
+(``*.orbax-checkpoint-tmp*``) are never read, and a writable store deletes them.
+
+Inputs. The manifest also records the SHA-256 of the workdir files the parameters depend on
+(``depends_on``: the vocabularies or SentencePiece model, whose token ids index the embeddings). Restoring
+compares them with the files there now: a vocabulary replaced by another of the same size (two
+tokens swapped) is refused in one line instead of loading every embedding under the wrong token.
 
 Best. A state enters ``best/`` only with a finite validation loss strictly lower than the one
 recorded in the manifest of the newest intact best step (:attr:`CheckpointStore.best_val_loss`);
@@ -102,7 +108,7 @@ def config_from_dict(raw, source) -> Config:
     if "model_name" not in raw:
         raise ZooError(f"{source}: no model_name (one of {', '.join(sorted(MODELS))})")
     name = raw["model_name"]
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ZooError(f"{source}: model_name {name!r} is not one of {', '.join(sorted(MODELS))}")
     sections = {"model": MODELS[name].config, "data": DataConfig, "train": TrainConfig}
     for section, cls in sections.items():
@@ -271,8 +277,8 @@ class _StepFolder:
 
     ITEMS = dict(state=ocp.PyTreeCheckpointHandler, meta=ocp.JsonCheckpointHandler)
 
-    def __init__(self, directory: Path, max_to_keep: int, read_only: bool):
-        self.directory, self.name = directory, directory.name
+    def __init__(self, directory: Path, max_to_keep: int, read_only: bool, depends_on: dict[str, str]):
+        self.directory, self.name, self.depends_on = directory, directory.name, depends_on
         self.manager, self.saving = None, None  # saving: (step, val_loss) of the save in flight
         if read_only:
             return
@@ -304,18 +310,20 @@ class _StepFolder:
         step, val_loss = self.saving
         folder = self.directory / f"{step}{TMP_SUFFIX}"
         files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _item_files(folder)}
-        (folder / MANIFEST).write_text(json.dumps({"step": step, "val_loss": val_loss, "files": files}, indent=1))
+        manifest = {"step": step, "val_loss": val_loss, "files": files, "depends_on": self.depends_on}
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
-    def verify(self, step: int) -> dict | None:
-        """The step's manifest after checking every file against it; None for a step without one.
+    def verify(self, step: int) -> dict:
+        """The step's manifest after checking every file against it.
 
         Raises:
-          _Damaged: a file is missing, has another size or checksum, or the manifest is unreadable.
+          _Damaged: the manifest is missing or unreadable, or a file is missing or has another size
+            or checksum.
         """
         folder = self.directory / str(step)
-        if not (folder / MANIFEST).exists():
-            return None
         where = f"{self.name}/{step}"
+        if not (folder / MANIFEST).is_file():
+            raise _Damaged(f"{where}/{MANIFEST}: missing (every step is written with one)")
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
             files = [(name, int(entry["bytes"]), str(entry["sha256"])) for name, entry in manifest["files"].items()]
@@ -335,11 +343,18 @@ class _StepFolder:
         """``(state, meta)`` of a verified step, ``state`` restoring only ``target``'s leaves.
 
         Raises:
-          ZooError: a parameter's saved shape differs from ``target``'s.
+          ZooError: a parameter's saved shape differs from ``target``'s, or a file the step depends
+            on (a vocabulary) is not the one it was trained with.
           _Damaged: the step fails verification or Orbax cannot read it.
         """
-        self.verify(step)
+        manifest = self.verify(step)
         folder = self.directory / str(step)
+        saved = manifest.get("depends_on") or {}
+        for name, sha256 in self.depends_on.items():
+            if name in saved and saved[name] != sha256:
+                raise ZooError(f"{self.directory.parent / name}: not the file that {self.name}/{step} was trained with "
+                               f"(its SHA-256 differs from the step's {MANIFEST}); it was replaced or edited: "
+                               f"put back the workdir's own")
         sharding = lambda x: getattr(x, "sharding", None)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding(x)), target)
         restore_args = jax.tree.map(  # sharded jax.Arrays where the target has a sharding, else NumPy arrays
@@ -409,15 +424,24 @@ class CheckpointStore:
     A saved item is ``state`` (a pytree of arrays) plus ``meta`` (a JSON dict: data position,
     ...). Saving is asynchronous; call :meth:`close` (or :meth:`wait`) before exiting. A writable
     store assumes its process holds the :class:`WorkdirLock`; a ``read_only`` one writes nothing.
+    ``depends_on`` names the workdir files (the vocabularies) whose SHA-256 every step records
+    and every restore checks (see the module docstring).
 
-    Raises (constructing a writable store):
-      ZooError: the folders cannot be created (read-only workdir, a file in the way).
+    Raises (constructing):
+      ZooError: a writable store's folders cannot be created (read-only workdir, a file in the
+        way); a file of ``depends_on`` cannot be read.
     """
 
-    def __init__(self, workdir, read_only: bool = False):
+    def __init__(self, workdir, read_only: bool = False, depends_on: tuple[str, ...] = ()):
         root = Path(workdir).absolute()
-        self.latest = _StepFolder(root / "checkpoints", 2, read_only)
-        self.best = _StepFolder(root / "best", 1, read_only)
+        hashes = {}
+        for name in depends_on:
+            try:
+                hashes[name] = _sha256(root / name)
+            except OSError as e:
+                raise ZooError(f"{root / name}: cannot read ({e.strerror or e})") from None
+        self.latest = _StepFolder(root / "checkpoints", 2, read_only, hashes)
+        self.best = _StepFolder(root / "best", 1, read_only, hashes)
         self._best_val_loss = None  # read from best/ on first use
 
     @property
@@ -434,7 +458,7 @@ class CheckpointStore:
                 except _Damaged as e:
                     log.warning(f"{e}; the next validation replaces it")
                     continue
-                if manifest is not None and manifest.get("val_loss") is not None:
+                if manifest.get("val_loss") is not None:
                     self._best_val_loss = float(manifest["val_loss"])
                     break
         return self._best_val_loss
@@ -486,8 +510,9 @@ class CheckpointStore:
         on the ``zoo`` logger names it and the step used.
 
         Raises:
-          ZooError: no checkpoint (at ``step``), none intact (naming each damaged step and file), or
-            a parameter's saved shape differs from ``target``'s.
+          ZooError: no checkpoint (at ``step``), none intact (naming each damaged step and file), a
+            parameter's saved shape differs from ``target``'s, or a file of ``depends_on`` is not
+            the one the step was trained with (naming it).
         """
         folders = (self.best, self.latest) if best else (self.latest,)
         candidates = [(f, s) for f in folders for s in f.steps() if step is None or s == step]

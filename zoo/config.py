@@ -17,6 +17,7 @@ not do. A config.json written before the field existed reads as float32.
 import dataclasses
 import json
 import math
+import types as types_
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -48,8 +49,26 @@ def _at_least(obj, minimum: int, *names: str) -> None:
         check_field(obj, name, isinstance(value, int) and value >= minimum, f"must be at least {minimum} (an integer)")
 
 
+_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}  # what a field of each type accepts
+
+
+def _check_types(obj) -> None:
+    """Every ``int``, ``float``, ``bool``, ``str`` (or ``X | None``) field of the dataclass ``obj`` holds
+    a value of its type (a bool is no number here): a hand-edited ``config.json`` with
+    ``"batch_size": true`` or ``"lowercase": "no"`` is refused, not read as 1 or as true."""
+    for f in dataclasses.fields(obj):
+        value, allowed = getattr(obj, f.name), typing.get_args(f.type) if isinstance(f.type, types_.UnionType) else (f.type,)
+        kinds = [t for t in allowed if t is not type(None)]
+        if len(kinds) != 1 or kinds[0] not in _TYPES or (value is None and type(None) in allowed):
+            continue  # Literal choices (checked apart), Any, or an optional field left None
+        ok = isinstance(value, _TYPES[kinds[0]]) and (kinds[0] is bool or not isinstance(value, bool))
+        check_field(obj, f.name, ok, f"must be {'an' if kinds[0] is int else 'a'} {kinds[0].__name__}")
+
+
 def _check_sizes_and_choices(obj) -> None:
-    """Every ``int`` field of the dataclass ``obj`` is at least 1, every ``Literal`` field one of its values."""
+    """Every field of the dataclass ``obj`` has its type (:func:`_check_types`), every ``int`` field
+    is at least 1, every ``Literal`` field one of its values."""
+    _check_types(obj)
     for f in dataclasses.fields(obj):
         if f.type is int:
             _at_least(obj, 1, f.name)
@@ -316,8 +335,10 @@ class TrainConfig:
     fsdp: bool = False  # shard parameters and optimizer state over the devices too (zoo.distributed.state_shardings)
 
     def __post_init__(self):
+        _check_types(self)
         _at_least(self, 1, "epochs", "batch_size", "checkpoint_every", "log_every", "steps_per_call")
         _at_least(self, 0, "seed", "warmup_steps")
+        check_field(self, "seed", self.seed < 2**32, "must be below 2**32 (a 32-bit PRNG seed)")
         for name in ("batch_tokens", "max_steps"):
             if getattr(self, name) is not None:
                 _at_least(self, 1, name)

@@ -39,7 +39,13 @@ def dataset_nll(eval_nll, params, src_ids, tgt_ids, batch_size: int, length_mult
     """Token-level mean NLL (nats) of a dataset, teacher-forced; the sums stay on the device
     until the end (one read). ``sharding``: where batches go (default: JAX's default device),
     e.g. split over a ``"data"`` mesh, whose device count must divide ``batch_size``; with
-    several processes every process passes the whole batch."""
+    several processes every process passes the whole batch.
+
+    Raises:
+      ValueError: no pairs (a mean over nothing would read as a loss of 0).
+    """
+    if not len(src_ids):
+        raise ValueError("no pairs to evaluate: a mean NLL needs at least one")
     order = np.argsort([len(s) for s in src_ids], kind="stable")
     total, count = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
     for start in range(0, len(order), batch_size):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.errors import ZooError
+from zoo.io import write_text
 
 
 def read_metrics(pending: list[dict]) -> list[dict]:
@@ -26,37 +27,71 @@ class MetricsLog:
     and run events (``start``; ``end`` with the run's ``wall_s``, one per uninterrupted segment of
     a resumed run). Step metrics wait on the device (:meth:`add`) until :meth:`flush`.
 
-    On resume, lines past the checkpoint's step are dropped; a last line cut short by a crash
-    is dropped too. Only a ``writer`` writes the file; every process reads and checks the metrics.
+    The file is only ever appended to. On resume, records past the checkpoint's step are dropped
+    (:attr:`dropped` says which steps) and a last line cut short by a crash is dropped too: the kept
+    lines replace the file through a temporary file and an atomic rename, never in place, so a kill
+    at any moment leaves the whole history. Only a ``writer`` reads and writes the file; every
+    process checks the metrics.
 
     Raises:
-      ZooError: a damaged line before the last (naming the file and line).
+      ZooError: a damaged line before the last (not UTF-8 JSON, or not a JSON object with an
+        integer step), naming the file and line; a folder in its place; a file that cannot be
+        read or written.
     """
 
     def __init__(self, path: Path, resume_step: int, bar, peak: float, writer: bool = True):
         self.path, self.bar, self.peak = path, bar, peak
+        self.dropped = None  # (first, last) step of the records past ``resume_step`` that were dropped
+        self.error = None  # why writing failed (see write)
         if writer and path.exists():
-            path.write_text("".join(line + "\n" for line in self._kept_lines(resume_step)))
-        self.file = path.open("a") if writer else open(os.devnull, "w")
+            self._repair(resume_step)
+        try:
+            self.file = path.open("a", encoding="utf-8") if writer else open(os.devnull, "w")
+        except OSError as e:
+            raise ZooError(f"{path}: cannot open for appending ({e.strerror or e})") from None
         self.pending, self.interval_flops, self.clock = [], 0.0, time.perf_counter()
 
-    def _kept_lines(self, resume_step: int) -> list[str]:
-        lines = self.path.read_text().splitlines()
-        kept = []
+    def _repair(self, resume_step: int) -> None:
+        """Keep the records up to ``resume_step``: the file untouched if that is all of it, else the
+        kept lines replace it through a temporary file and an atomic rename
+        (:func:`zoo.errors.write_text`), so a kill at any moment leaves the old file or the new one."""
+        try:
+            data = self.path.read_bytes()
+        except IsADirectoryError:
+            raise ZooError(f"{self.path}: a folder, not the metrics log; move it away") from None
+        except OSError as e:
+            raise ZooError(f"{self.path}: cannot read ({e.strerror or e})") from None
+        lines = data.splitlines()
+        kept, dropped = [], []
         for number, line in enumerate(lines, 1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 if number == len(lines):
                     break  # the write of the last line was cut short
-                raise ZooError(f"{self.path}, line {number}: not JSON; fix or remove that line") from None
-            if record.get("step", 0) <= resume_step:
-                kept.append(line)
-        return kept
+                raise ZooError(f"{self.path}, line {number}: not JSON text; fix or remove that line") from None
+            step = record.get("step", 0) if isinstance(record, dict) else None
+            if not isinstance(step, int):
+                raise ZooError(f"{self.path}, line {number}: not a metrics record (a JSON object with an integer "
+                               f"step); fix or remove that line")
+            (kept if step <= resume_step else dropped).append((line.decode("utf-8"), step))
+        if len(kept) == len(lines) and data.endswith(b"\n") or not data:
+            return  # nothing to repair: append to it
+        if dropped:
+            self.dropped = (min(s for _, s in dropped), max(s for _, s in dropped))
+        write_text(self.path, "".join(line + "\n" for line, _ in kept))
 
     def write(self, **record) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        """Append one record (a line of JSON). When that fails (a full disk), :attr:`error` says so,
+        naming the file and the record's step, and this and every later record are skipped: the
+        loop stops and saves (a line cut short is dropped on resume)."""
+        if self.error:
+            return
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:
+            self.error = f"{self.path}: cannot write ({e.strerror or e}) from step {record.get('step')} on"
 
     def add(self, step: int, epoch: int, metrics: dict, flops: float, steps: int = 1) -> None:
         """Keep the metrics (device arrays, not read) of the ``steps`` steps up to ``step`` and
@@ -101,4 +136,7 @@ class MetricsLog:
         self.restart_clock()
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass  # a failed write was reported when it happened (:meth:`write`); what was flushed stays

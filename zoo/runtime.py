@@ -1,4 +1,5 @@
-"""The loop's runtime: a bounded window of calls dispatched ahead of the device, and stop signals."""
+"""The loop's runtime: a bounded window of calls dispatched ahead of the device, and stop signals
+that every process of a run agrees on."""
 
 import collections
 import os
@@ -6,6 +7,8 @@ import signal
 import threading
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 
 class DispatchWindow:
@@ -24,21 +27,74 @@ class DispatchWindow:
             jax.block_until_ready(self.queue.popleft())
 
 
+class ExitOnSignal:
+    """Inside ``with ExitOnSignal():``, SIGTERM and SIGINT exit the process at once with ``128 +
+    signum``, one line on stderr and no traceback (Python's default SIGINT raises
+    KeyboardInterrupt wherever the main thread is, even inside JAX's callbacks, where it is
+    ignored). For the time before the loop, which writes nothing that a kill could leave half
+    written (files are renamed into place; the kernel releases the workdir lock);
+    :class:`StopSignal` takes the signals over for the loop. Outside the main thread: no-op."""
+
+    def __init__(self):
+        self._previous = {}
+
+    def _exit(self, signum, frame) -> None:
+        os.write(2, f"stopped by {signal.Signals(signum).name} before training\n".encode())
+        os._exit(128 + signum)
+
+    def __enter__(self) -> "ExitOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._exit) for s in StopSignal.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
 class StopSignal:
     """Inside ``with StopSignal() as stop:``, SIGTERM and SIGINT set ``stop.signal`` (the
     signal's name) instead of ending the process, so the loop can finish its step and save; a
     second signal exits at once with ``128 + signum`` (what was committed stays intact:
-    Orbax commits a step by renaming a finished folder). Outside the main thread: no-op."""
+    Orbax commits a step by renaming a finished folder). Outside the main thread: no-op.
+
+    The loop asks :meth:`should_stop` instead of reading ``signal``: with several processes a
+    signal may reach one of them only, or each a step apart, and a process that stopped alone
+    would leave the others waiting in a collective for ever. They agree at sync points (calls
+    every process makes at the same step: the loop's metrics reads and saves), by an all-gather of
+    every process's reason to stop (``multihost_utils.process_allgather``); between them the
+    last agreement holds. With one process every call is a sync point and costs nothing.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    FAILED = "FAILED"  # a process cannot go on (its metrics log cannot be written): stop and save
 
     def __init__(self):
-        self.signal, self._previous = None, {}
+        self.signal, self.agreed, self._previous = None, None, {}
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None:
             os._exit(128 + signum)
         self.signal = signal.Signals(signum).name
+
+    def should_stop(self, sync: bool = True, failed: bool = False) -> bool:
+        """Whether to stop now: the same answer on every process (see the class docstring).
+
+        Args:
+          sync: a sync point, reached by every process at the same step (ignored with one process).
+          failed: this process cannot go on (a reason to stop, like a signal).
+
+        Sets :attr:`agreed` to the reason every process stops for: a signal's name (SIGTERM before
+        SIGINT), else :attr:`FAILED`; None to go on.
+        """
+        local = self.signal or (self.FAILED if failed else None)
+        if jax.process_count() == 1:
+            self.agreed = local
+        elif sync:
+            codes = {None: 0, self.FAILED: 1, "SIGINT": int(signal.SIGINT), "SIGTERM": int(signal.SIGTERM)}
+            agreed = int(np.max(multihost_utils.process_allgather(np.int32(codes[local]))))
+            self.agreed = {code: name for name, code in codes.items()}[agreed]
+        return self.agreed is not None
 
     def __enter__(self) -> "StopSignal":
         if threading.current_thread() is threading.main_thread():

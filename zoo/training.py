@@ -36,13 +36,15 @@ from zoo.compilation import CompileCounter
 from zoo.config import Config, TrainConfig
 from zoo.data.batching import chunk_lengths, example_lengths
 from zoo.data.loader import device_batches, real_token_share
+from zoo.data.pipeline import TextPipeline
 from zoo.distributed import data_parallel, is_main, state_shardings
+from zoo.errors import ZooError
 from zoo.evaluation import dataset_nll, make_eval_nll, perplexity
 from zoo.flops import jaxpr_flops, peak_flops
 from zoo.loss import batch_nll
 from zoo.metrics_log import MetricsLog
 from zoo.run import Run, prepare, write_workdir
-from zoo.runtime import DispatchWindow, StopSignal
+from zoo.runtime import DispatchWindow, ExitOnSignal, StopSignal
 
 
 def learning_rate_schedule(train: TrainConfig) -> optax.Schedule:
@@ -143,7 +145,7 @@ class Trainer:
         # training batches; with steps_per_call > 1 a slot axis comes before the batch axis
         self.train_sharding = self.batch_sharding if t.steps_per_call == 1 else NamedSharding(replicated.mesh, P(None, "data"))
         state_sharding = state_shardings(state, replicated.mesh, t.fsdp)
-        self.store = CheckpointStore(run.workdir)
+        self.store = CheckpointStore(run.workdir, depends_on=TextPipeline.files(run.config.data))
         self.pos, key_data = Position(), jax.random.key_data(jax.random.key(t.seed))
         if self.store.latest_step() is not None:
             target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
@@ -169,10 +171,14 @@ class Trainer:
             self.log.write(event="start", step=0, num_params=int(sum(x.size for x in jax.tree.leaves(state["params"]))),
                            devices=str(jax.devices()), steps_per_epoch=self.steps_per_epoch,
                            real_token_share=real_token_share(first_plan, example_lengths(run.train_ids)[1]),
-                           skipped_long_pairs=run.skipped)
-        if run.skipped:
-            self.print(f"left out {run.skipped} training pairs longer than {run.config.data.max_length} tokens "
-                       f"(--data.max-length)")
+                           skipped_long_pairs=run.skipped, skipped_long_val_pairs=run.val_skipped)
+        if self.log.dropped:
+            first, last = self.log.dropped
+            self.print(f"{self.log.path}: dropped the records of steps {first}-{last}, past step {self.pos.step} that "
+                       f"this run resumes from ({'the newest intact checkpoint' if self.pos.step else 'no checkpoint left'})")
+        if run.skipped or run.val_skipped:
+            self.print(f"left out {run.skipped} training and {run.val_skipped} validation pairs longer than "
+                       f"{run.config.data.max_length} tokens (--data.max-length)")
 
     def save(self, val_loss: float | None = None) -> None:
         """A resumable checkpoint at the current position (after reading the pending metrics)."""
@@ -209,7 +215,7 @@ class Trainer:
         window = DispatchWindow()
         try:
             for n in calls:
-                if p.step + n > self.total_steps or stop.signal:
+                if p.step + n > self.total_steps or stop.should_stop(sync=False, failed=bool(self.log.error)):
                     return False
                 batch = next(batches)
                 flops = self.step_flops(batch)
@@ -221,6 +227,9 @@ class Trainer:
                     self.save()
                 elif crossed(t.log_every, n):
                     self.log.flush()
+                else:
+                    continue
+                stop.should_stop(sync=True, failed=bool(self.log.error))  # a sync point: every process is here
         finally:
             batches.close()
         return True
@@ -245,44 +254,65 @@ class Trainer:
         self.log.close()
 
 
-def train(config: Config, workdir, data_dir=None, progress: bool = True, prepared_dir=None) -> dict:
+def train(config: Config, workdir, data_dir=None, progress: bool = True, prepared_dir=None,
+          accept_new_data: bool = False) -> dict:
     """Train ``config`` on its dataset, checkpointing into ``workdir`` and resuming from it.
 
     ``prepared_dir``: read the training split from prepared shards in this cache, preparing them
     first when missing or stale (:func:`zoo.run.prepare`); None: tokenize it into memory.
 
     SIGTERM or SIGINT during training: the calls already queued (at most two) finish, a resumable checkpoint is saved
-    at it (waiting for the save to commit), and ``train`` returns with ``stopped_by`` set.
+    at it (waiting for the save to commit), and ``train`` returns with ``stopped_by`` set; with several processes, all
+    stop at the same step (:meth:`zoo.runtime.StopSignal.should_stop`). Before that (reading the data, building the
+    model) a signal exits the process at once with 128 + signum (:class:`zoo.runtime.ExitOnSignal`).
 
     Returns:
       the final record: ``step``, ``epoch``, ``val_loss``, ``best_val_loss``, ``wall_s``,
       ``stopped_by`` (None, "SIGTERM" or "SIGINT"), ``programs``/``compiled``/``cached``
       (XLA programs handed to the backend, compiled, loaded from the persistent cache).
 
+    ``accept_new_data``: resume on training data that differ from the workdir's (else refused).
+
     Raises:
       ZooError: bad data files, a model config the model refuses, a workdir made with another
-        config or in use by another trainer (its PID named), a workdir that cannot be written,
+        config or trained on other data, or in use by another trainer (its PID named), a workdir
+        that cannot be written (a full disk while writing the metrics: the step is saved first),
         or a non-finite loss or gradient norm (nothing is saved then).
     """
-    start, val_loss = time.time(), None
-    run, pipeline = prepare(config, workdir, data_dir, prepared_dir)
-    lock = WorkdirLock(run.workdir) if is_main() else contextlib.nullcontext()  # one lock a run, held by process 0
-    with lock, CompileCounter() as compiles, StopSignal() as stop:
-        write_workdir(run, pipeline)
-        trainer = Trainer(run, progress)
-        t, p = config.train, trainer.pos
-        try:
-            while p.epoch < t.epochs and p.step < trainer.total_steps and not stop.signal:
-                if not trainer.run_epoch(stop):
-                    break
-                val_loss = trainer.validate_and_save()
-            if trainer.store.latest_step() != p.step:
-                trainer.save()
-            if stop.signal:
-                trainer.print(f"saved step {p.step}, stopping on {stop.signal}")
-            trainer.log.write(event="end", step=p.step, epoch=p.epoch, wall_s=time.time() - start, stopped_by=stop.signal)
-        finally:
-            trainer.close()
+    start = time.time()
+    with ExitOnSignal():  # a signal before the loop exits at once (128 + signum)
+        run, pipeline = prepare(config, workdir, data_dir, prepared_dir, accept_new_data)
+        lock = WorkdirLock(run.workdir) if is_main() else contextlib.nullcontext()  # one lock a run, held by process 0
+        with lock, CompileCounter() as compiles, StopSignal() as stop:
+            write_workdir(run, pipeline)
+            trainer = Trainer(run, progress)
+            try:
+                val_loss = _loop(trainer, stop, start)
+            finally:
+                trainer.close()
+    p = trainer.pos
+    if trainer.log.error:  # the end record
+        raise ZooError(trainer.log.error)
     return {"step": p.step, "epoch": p.epoch, "val_loss": val_loss, "best_val_loss": p.best_val_loss,
-            "wall_s": time.time() - start, "stopped_by": stop.signal, "programs": compiles.programs,
+            "wall_s": time.time() - start, "stopped_by": stop.agreed, "programs": compiles.programs,
             "compiled": compiles.compiled, "cached": compiles.cached}
+
+
+def _loop(trainer: Trainer, stop: StopSignal, start: float) -> float | None:
+    """:func:`train`'s epochs, until the end, ``max_steps`` or a stop every process agrees on; then the
+    last save, waited for. Returns the last validation loss (None if no epoch ended)."""
+    t, p, val_loss = trainer.run.config.train, trainer.pos, None
+    while p.epoch < t.epochs and p.step < trainer.total_steps and not stop.should_stop(failed=bool(trainer.log.error)):
+        if not trainer.run_epoch(stop):  # (the loop's test is a sync point: every process is at an epoch's end)
+            break
+        val_loss = trainer.validate_and_save()
+    if trainer.store.latest_step() != p.step:
+        trainer.save()
+    trainer.store.wait()
+    if stop.agreed == stop.FAILED:
+        raise ZooError(f"{trainer.log.error or 'process 0 could not write the metrics log'}; saved step {p.step}, "
+                       f"whose log lacks those records: free some space and rerun to resume")
+    if stop.agreed:
+        trainer.print(f"saved step {p.step}, stopping on {stop.agreed}")
+    trainer.log.write(event="end", step=p.step, epoch=p.epoch, wall_s=time.time() - start, stopped_by=stop.agreed)
+    return val_loss

@@ -68,8 +68,8 @@ def load(workdir, step: int | None = None) -> Translator:
 
     Raises:
       ZooError: not a workdir, a damaged ``config.json`` or vocabulary (naming the file), a
-        vocabulary that does not fit the config, no (intact) checkpoint, or parameters that do
-        not fit the config.
+        vocabulary that does not fit the config or is not the one the step was trained with, no
+        (intact) checkpoint, or parameters that do not fit the config.
     """
     workdir = Path(workdir)
     config = read_config(workdir)
@@ -81,5 +81,6 @@ def load(workdir, step: int | None = None) -> Translator:
         raise ZooError(f"{workdir / CONFIG_FILE}: model {config.model_name!r}: {e}") from None
     graphdef, params = nnx.split(model)
     target = {"params": nnx.to_pure_dict(params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
-    state, _ = CheckpointStore(workdir, read_only=True).restore(target, step=step, best=True)
+    store = CheckpointStore(workdir, read_only=True, depends_on=TextPipeline.files(config.data))
+    state, _ = store.restore(target, step=step, best=True)
     return Translator(config, pipeline, graphdef, jax.device_put(state["params"]), int(state["step"]))

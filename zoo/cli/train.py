@@ -20,7 +20,6 @@ import dataclasses
 import signal
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
@@ -48,6 +47,7 @@ class RunOptions:
     workdir: str  # checkpoints, config, vocabularies and metrics go here
     data_dir: str | None = None  # corpora root (default: $ZOO_DATA_DIR, else ~/.cache/zoo/data)
     progress: bool = True  # show the progress bar
+    accept_new_data: bool = False  # resume on training data other than the workdir was trained on (on purpose)
     compilation_cache: str | None = None  # JAX's compilation cache (default: $ZOO_COMPILATION_CACHE, else ~/.cache/zoo/jax; off)
     # prepared training data (python -m zoo.data.prepare; made here when missing or stale): this cache
     # (default: $ZOO_PREPARED_DIR, else ~/.cache/zoo/prepared); off: tokenize the training split into memory
@@ -64,13 +64,31 @@ def read_config_file(path: str) -> Config:
     """A whole :class:`~zoo.config.Config` from JSON or YAML (the layout of a workdir's ``config.json``).
 
     Raises:
-      ZooError: missing, unreadable or invalid file, naming it.
+      ZooError: missing, unreadable or invalid file, one over :data:`CONFIG_FILE_LIMIT` bytes or
+        with YAML aliases; naming it.
     """
     try:
-        raw = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
-    except (OSError, yaml.YAMLError) as e:
+        with open(path, "rb") as f:
+            data = f.read(CONFIG_FILE_LIMIT + 1)
+        if len(data) > CONFIG_FILE_LIMIT:
+            raise ZooError(f"--config {path}: larger than {CONFIG_FILE_LIMIT} bytes; a config file has a few hundred")
+        raw = yaml.load(data.decode("utf-8"), Loader=_NoAliasLoader)  # YAML is a superset of JSON
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ZooError(f"--config {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
     return config_from_dict(raw, f"--config {path}")
+
+
+CONFIG_FILE_LIMIT = 1 << 20  # bytes of a --config file
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (``*name``): a config needs none, and aliases of
+    aliases grow a file of a few hundred bytes into gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError(f"aliases (*{self.peek_event().anchor}) are not allowed in a config file")
+        return super().compose_node(parent, index)
 
 
 def _select(argv: list[str]) -> tuple[str | None, str | None]:
@@ -194,7 +212,8 @@ def main(argv=None) -> int:
         from zoo.data.prepare import prepared_root
 
         prepared = None if options.prepared_dir == "off" else prepared_root(options.prepared_dir)
-        result = train(config, options.workdir, options.data_dir, progress=options.progress, prepared_dir=prepared)
+        result = train(config, options.workdir, options.data_dir, progress=options.progress, prepared_dir=prepared,
+                       accept_new_data=options.accept_new_data)
     except ZooError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

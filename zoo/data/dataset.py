@@ -1,9 +1,30 @@
-"""A run's training data: the pairs within the length limit, and each epoch's batch plan."""
+"""A run's training data: its fingerprint, the pairs within the length limit, and each epoch's batch plan."""
 
+import hashlib
 import math
+import os
 
 from zoo.config import DataConfig, TrainConfig
 from zoo.data.batching import BatchSpec, batch_order, group_by_shape, token_batches
+
+
+def fingerprint(paths) -> dict:
+    """``{"files": [{"path", "bytes", "sha256"}, ...]}``: what a run's training files were, to tell
+    on resuming whether they changed (the SHA-256 of each file's bytes, in ``paths``' order).
+
+    Examples:
+      >>> import pathlib, tempfile
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "train.de"
+      >>> _ = path.write_bytes(b"Ein Hund. ")
+      >>> fingerprint([path])["files"][0]["bytes"]
+      10
+    """
+    files = []
+    for path in paths:
+        with open(path, "rb") as f:
+            files.append({"path": str(path), "bytes": os.fstat(f.fileno()).st_size,
+                          "sha256": hashlib.file_digest(f, "sha256").hexdigest()})
+    return {"files": files}
 
 
 def within_max_length(src_ids: list, tgt_ids: list, max_length: int) -> tuple[tuple[list, list], int]:
