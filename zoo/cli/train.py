@@ -20,6 +20,7 @@ import dataclasses
 import signal
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
