@@ -27,7 +27,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from unittest import mock
 
 import jax
@@ -39,7 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 from zoo.checkpoint import read_config
 from zoo.config import Config
-from zoo.data.corpora import load_split
+from zoo.data.corpora import load_split, split_paths
 from zoo.data.dataset import epoch_plan, within_max_length
 from zoo.data.pipeline import TextPipeline
 from zoo.distributed import state_shardings
@@ -398,19 +397,20 @@ def read_corpus(config: Config, workdir=None, data_dir=None) -> tuple[Config, li
     """What of the corpus the step's shapes depend on, read as :func:`zoo.run.prepare` reads it:
     ``config`` with the vocabulary sizes ``train.py`` would give the model (built from the training
     split, or a started ``workdir``'s), and the token counts of the training pairs within
-    ``data.max_length``. Tokenizes the training split (Multi30k: ~15 s of one core); writes nothing.
+    ``data.max_length``. Tokenizes the training split into memory, as ``train.py --prepared-dir off``
+    does (Multi30k, word-level: ~15 s of one core; the batches are the same either way); writes nothing.
 
     Raises:
       ZooError: missing or bad data files or vocabularies.
     """
     d = config.data
     train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
-    vocab_file = Path(workdir or "") / TextPipeline.FILES[0]
-    if workdir is not None and vocab_file.exists():
+    if workdir is not None and TextPipeline.saved_in(d, workdir):
         saved = read_config(workdir).model
         pipeline = TextPipeline.load(d, workdir, (saved.src_vocab_size, saved.tgt_vocab_size))
     else:
-        pipeline = TextPipeline.build(d, train_src, train_tgt)
+        origin = " and ".join(map(str, split_paths(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)))
+        pipeline = TextPipeline.build(d, train_src, train_tgt, origin)
     sizes = {"src_vocab_size": len(pipeline.src_vocab), "tgt_vocab_size": len(pipeline.tgt_vocab)}
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, **sizes))
     (src_ids, tgt_ids), _ = within_max_length(pipeline.encode_source(train_src), pipeline.encode_target(train_tgt),

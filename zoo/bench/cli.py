@@ -1,4 +1,4 @@
-"""The benchmarks: ``python benchmark.py [seq2seq] [layers] [train] [--quick] [--peer torch]``.
+"""The benchmarks: ``python benchmark.py [seq2seq] [layers] [train] [serve] [data] [compile] [--quick] [--peer torch]``.
 
 How the cost of each mechanism grows, on whatever device JAX sees:
 
@@ -19,11 +19,17 @@ How the cost of each mechanism grows, on whatever device JAX sees:
            from prepared shards on 1x, 10x and 100x Multi30k train (synthetic, resampled):
            preparation sentences/s on one and all cores, the training process's peak RSS, time to
            first step on a second run, the loop's tokens/s (--scales to choose). Only when named.
+  compile  the compile-only planner (zoo/bench/compile.py): every model's training step, float32
+           and bfloat16, default and paper size, compiled for TPU v5e-8 and v5p-8 on this machine
+           (libtpu): fits, HBM a chip, GFLOP a step, roofline step time and tokens/s, and the
+           largest --train.batch-tokens that fits (on v5e-8). Only when named; --quick: default
+           sizes, no search.
 
 Writes DIR/scaling.json (every measurement, fitted exponent with its range, and target),
 DIR/table.txt (the printed table) and log-log PNGs with the fitted slopes; the train study
 writes DIR/train.json, DIR/train_table.txt and DIR/train.png; the serve study DIR/serve.json
-and DIR/serve_table.txt; the data study DIR/data.json and DIR/data_table.md.
+and DIR/serve_table.txt; the data study DIR/data.json and DIR/data_table.md; the compile study
+DIR/compile.json, DIR/compile.md and DIR/compile.png.
 """
 
 import argparse
@@ -33,7 +39,7 @@ from pathlib import Path
 from zoo.errors import ZooError
 
 MIN_REPEATS = 5
-NAMED_ONLY = ("train", "serve", "data")  # studies that run only when named
+NAMED_ONLY = ("train", "serve", "data", "compile")  # studies that run only when named
 
 
 def parse_args(argv=None):
@@ -43,9 +49,16 @@ def parse_args(argv=None):
     p.add_argument("studies", nargs="*", metavar="STUDY",
                    help=f"any of {', '.join((*STUDIES, *NAMED_ONLY))} (default: {' and '.join(STUDIES)})")
     p.add_argument("--models", nargs="+", default=None,
-                   help="train study: these models (default: all); serve study: the first (default: bahdanau)")
+                   help="train and compile studies: these models (default: all); serve study: the first (default: bahdanau)")
     p.add_argument("--exported", default=None, help="serve study: serve this file of python -m zoo.export")
-    p.add_argument("--data-dir", default=None, help="train and data studies: where Multi30k is (default: $ZOO_DATA_DIR, ...)")
+    p.add_argument("--data-dir", default=None,
+                   help="train, data and compile studies: where Multi30k is (default: $ZOO_DATA_DIR, ...)")
+    p.add_argument("--topologies", nargs="+", default=None,
+                   help="compile study: these of zoo.aot.TOPOLOGIES (default: tpu:v5e-8 tpu:v5p-8; gpu:h100: JAX CUDA plugin)")
+    p.add_argument("--sizes", nargs="+", default=None, choices=("default", "large"),
+                   help="compile study: model sizes (default: default large; --quick: default)")
+    p.add_argument("--search-topologies", nargs="*", default=None,
+                   help="compile study: search the largest batch on these (default: tpu:v5e-8; none: no search)")
     p.add_argument("--scales", nargs="+", type=int, default=None, help="data study: corpus sizes in Multi30k trains "
                    "(default: 1 10 100)")
     p.add_argument("--word-max-scale", type=int, default=None, help="data study: the word pipeline's largest scale "
@@ -78,6 +91,29 @@ def main_serve(args, out: Path) -> None:
         raise ZooError(f"serve study: {str(e).splitlines()[0]}") from None
 
 
+def main_compile(args, out: Path) -> None:
+    """The compile study (:func:`zoo.bench.compile.run_compile_study`) with the command line's
+    models, topologies and sizes.
+
+    Raises:
+      ZooError: an unknown model or topology, no libtpu, no corpus.
+    """
+    from zoo.aot import TOPOLOGIES
+    from zoo.bench.compile import DEFAULT_TOPOLOGIES, SEARCH_TOPOLOGIES, run_compile_study
+    from zoo.models import list_models
+
+    unknown = [m for m in args.models or () if m not in list_models()]
+    if unknown:
+        raise ZooError(f"--models: unknown model {unknown[0]!r}; choose from {', '.join(list_models())}")
+    topologies = args.topologies or DEFAULT_TOPOLOGIES
+    unknown = [t for t in (*topologies, *(args.search_topologies or ())) if t not in TOPOLOGIES]
+    if unknown:
+        raise ZooError(f"--topologies: unknown topology {unknown[0]!r}; choose from {', '.join(TOPOLOGIES)}")
+    search_on = () if args.quick else SEARCH_TOPOLOGIES if args.search_topologies is None else args.search_topologies
+    sizes = args.sizes or (("default",) if args.quick else ("default", "large"))
+    run_compile_study(out, args.models, topologies, sizes, search_on, data_dir=args.data_dir)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -107,6 +143,8 @@ def main(argv=None) -> int:
         preset = QUICK if args.quick else full_preset(device)
         if args.repeats is not None:
             preset = replace(preset, repeats=args.repeats)
+        if "compile" in args.studies:
+            main_compile(args, out)
         if args.scales is not None and min(args.scales) < 1:
             raise ZooError(f"--scales {args.scales}: corpus sizes are whole multiples of Multi30k train, at least 1")
         studies = [s for s in STUDIES if s in args.studies] if args.studies else list(STUDIES)
