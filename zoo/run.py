@@ -73,7 +73,11 @@ def prepare(config: Config, workdir, data_dir=None, prepared_dir=None, accept_ne
     started = TextPipeline.saved_in(d, workdir)  # a workdir that was started before: its vocabularies hold
     data = fingerprint(split_paths(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir))
     if (workdir / DATA_FILE).exists() and not accept_new_data:
-        _check_data(workdir / DATA_FILE, data)
+        try:
+            _check_data(workdir / DATA_FILE, data)
+        except ZooError:
+            load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)  # a damaged file says what is wrong with it first
+            raise
     sizes = None
     if started:
         saved = read_config(workdir).model
