@@ -10,14 +10,19 @@ environment, where the project and its extras are installed.
 
 import ast
 import importlib.metadata
+import importlib.util
 import re
 import shlex
 import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+import zoo
+import zoo.models
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "accelerator_checks.sh"
@@ -154,3 +159,20 @@ def test_the_script_never_asks_a_registry_and_keeps_to_eight_files():
     assert not any("download" in words for words in commands)
     outputs = set(re.findall(r'"\$OUT/([\w.-]+)"', SCRIPT.read_text()))
     assert 5 <= len(outputs) <= 8, outputs
+
+
+def test_the_step_time_check_builds_every_configuration_it_measures(tmp_path):
+    """``scripts/step_time_check.py`` imports with today's package, and without a corpus gives each
+    model's recipe in the asked dtype (the quick sizes' overrides applied) on the synthetic batch;
+    a bad ``--batch`` is refused in one line. (Compiling and timing are the GPU run's.)"""
+    spec = importlib.util.spec_from_file_location("step_time_check", ROOT / "scripts" / "step_time_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    for name in zoo.list_models():
+        overrides = check.QUICK.overrides.get(name, {})
+        config, shape, source = check.configuration(name, "bfloat16", overrides, tmp_path, (2, 3, 4))
+        assert (config.model_name, config.model.dtype, shape, source) == (name, "bfloat16", (2, 3, 4), "synthetic")
+        assert config.train == zoo.models.recipe(name).train
+        assert all(getattr(config.model, field) == value for field, value in overrides.items())
+    with pytest.raises(SystemExit):
+        check.main(["--batch", "2,3"])
