@@ -34,7 +34,7 @@ stage() {
   shift 2
   [ "$budget" -gt "$left" ] && budget=$left
   if [ "$budget" -lt 20 ]; then echo "$name: skipped, ${left}s left" >> "$OUT/summary.txt"; return; fi
-  timeout "$budget" "$@"
+  timeout -k 5 "$budget" "$@"  # the training loop stops gracefully on SIGTERM: SIGKILL 5 s later
   echo "$name: rc=$? in $((SECONDS - start))s (budget ${budget}s)" >> "$OUT/summary.txt"
 }
 
