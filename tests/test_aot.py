@@ -98,6 +98,17 @@ def test_roofline_is_the_slower_of_compute_and_memory():
     assert set(aot.TOPOLOGIES) >= {"tpu:v4-8", "tpu:v5e-8", "tpu:v5e-16", "tpu:v5e-256", "tpu:v5p-8", "tpu:v6e-8", "gpu:h100"}
 
 
+def test_the_roofline_counts_a_scans_flops_every_trip():
+    """XLA's cost analysis counts a loop body once; the jaxpr's count multiplies it by the trips:
+    a recurrent model's compute bound takes the larger (v5p: 459 TFLOP/s, 2,765 GB/s)."""
+    report = aot.CompileReport(topology="tpu:v5p-8", chip="v5p", num_chips=4, model="sutskever", dtype="float32",
+                               fsdp=False, batch_shape=(8, 16, 16), steps_per_call=1, num_params=1, argument_bytes=0,
+                               output_bytes=0, alias_bytes=0, temp_bytes=0, code_bytes=0, hbm_bytes=95e9,
+                               xla_flops=459e9 / 16, jaxpr_flops=459e9, bytes_accessed=2765e6 / 2, compile_s=0.0)
+    assert report.roofline_s == 1e-3  # 459 GFLOP of matrix products over 16 trips, not XLA's one body
+    assert dataclasses.replace(report, xla_flops=2 * 459e9).roofline_s == 2e-3  # XLA's count where it is larger
+
+
 def test_largest_batch_shape_is_the_plans_most_padded_tokens():
     config = dataclasses.replace(tiny_config(False), train=TrainConfig(batch_tokens=256))
     # 40 pairs in the bucket of 8 tokens (32 rows a batch), 3 in that of 20 (8 rows: 12 is no multiple of 8)

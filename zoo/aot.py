@@ -232,10 +232,13 @@ class CompileReport:
 
     @property
     def roofline_s(self) -> float:
-        """:func:`roofline` of XLA's FLOPs and bytes on this chip; where XLA gives no cost analysis
-        (deviceless CUDA), of the jaxpr's FLOPs and the bytes of the arguments read and the outputs
-        written once: a looser lower bound."""
-        flops = self.jaxpr_flops if self.xla_flops is None else self.xla_flops
+        """:func:`roofline` of the FLOPs and XLA's bytes on this chip. The FLOPs are the larger of
+        XLA's count and the jaxpr's: XLA's cost analysis counts a loop's body once, so for the
+        recurrent models (a ``lax.scan`` over time) the jaxpr's count, which multiplies every matrix
+        product in a scan by its trips, is the right one; their bytes stay XLA's, a lower bound.
+        Where XLA gives no cost analysis (deviceless CUDA), the bytes are those of the arguments
+        read and the outputs written once: a looser lower bound."""
+        flops = self.jaxpr_flops if self.xla_flops is None else max(self.xla_flops, self.jaxpr_flops)
         moved = self.argument_bytes + self.output_bytes if self.bytes_accessed is None else self.bytes_accessed
         return roofline(flops, moved, TOPOLOGIES[self.topology].chip)
 
