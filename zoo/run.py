@@ -92,7 +92,7 @@ def prepare(config: Config, workdir, data_dir=None, prepared_dir=None, accept_ne
         pipeline = TextPipeline.load(d, prepared.directory, sizes)
         train_ids, skipped = prepared.within_max_length(d.max_length)
         if not len(train_ids):
-            _nothing_left(d, "train", len(prepared), int(prepared.lengths.max(axis=1).min(initial=-2)) + 1)
+            _nothing_left(d, "train", len(prepared), int(prepared.lengths.max(axis=1).min()) + 1 if len(prepared) else 0)
     else:
         train_src, train_tgt = load_split(d.dataset, "train", d.src_lang, d.tgt_lang, data_dir)
         if started:
