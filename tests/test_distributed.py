@@ -3,6 +3,7 @@ FSDP gives the replicated numbers; evaluation and decoding split their batches o
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -156,8 +157,9 @@ def test_two_processes_train_as_one_and_the_run_resumes_on_one(tmp_path, data_di
 def test_a_signal_to_one_process_stops_both_at_the_same_step_and_the_rerun_is_bit_for_bit(tmp_path, data_dir,
                                                                                         two_process_run):
     """SIGTERM reaches process 1 only, once both are past writing the workdir (process 0 has started
-    metrics.jsonl): both agree to stop at the next sync point (the checkpoint of step 2), save it
-    once, exit 143, and the rerun on two processes gives the uninterrupted run's losses bit for bit."""
+    metrics.jsonl): both agree to stop at the same sync point (the loop's start or a save: a step S
+    that depends on when the signal lands), save S once, exit 143, and the rerun on two processes
+    gives the uninterrupted run's losses bit for bit."""
     workdir = tmp_path / "w"
     logs = [(tmp_path / f"stdout{i}", tmp_path / f"stderr{i}") for i in (0, 1)]
     processes = start_two_processes(workdir, data_dir, logs, max_steps=7)
@@ -168,9 +170,11 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step_and_the_rerun_is_bi
     processes[1].send_signal(signal.SIGTERM)
     assert wait_for(processes) == [143, 143], [err.read_text()[-2000:] for _, err in logs]
     lines = [[line for line in out if not line.startswith("preparing the training data (")] for out in printed(logs)]
-    assert lines[0][0] == "saved step 2, stopping on SIGTERM" and lines[0][1].startswith("trained to step 2 ") and lines[1] == []
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
-    assert list(losses(workdir)) == [1, 2] and records(workdir)[-1]["stopped_by"] == "SIGTERM"
+    saved = int(re.fullmatch(r"saved step (\d+), stopping on SIGTERM", lines[0][0]).group(1))
+    assert saved < 7 and lines[0][1].startswith(f"trained to step {saved} ") and lines[1] == []
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+    assert steps[-1] == saved and [s for s in losses(workdir) if isinstance(s, int)] == list(range(1, saved + 1))
+    assert records(workdir)[-1]["stopped_by"] == "SIGTERM" and records(workdir)[-1]["step"] == saved
     assert wait_for(start_two_processes(workdir, data_dir, logs, max_steps=7)) == [0, 0], logs[0][1].read_text()[-2000:]
     assert losses(workdir) == two_process_run[2]  # bit for bit
 
