@@ -5,18 +5,38 @@
 * Strict dtype promotion and no implicit rank promotion (as Equinox's tests do): mixing
   float32 with int32, or (S, H) + (H,), raises instead of silently promoting/broadcasting.
 * float32 everywhere (x64 off).
+* XLA's fast-compile options (backend optimisation level 0, no expensive LLVM passes): the tests'
+  programs are small and run a few times, so compiling dominates; results agree up to rounding.
+  In ``XLA_FLAGS``, so that the subprocesses the tests start (``train.py``, several processes)
+  inherit them too.
+* One persistent compilation cache for the session (``$ZOO_COMPILATION_CACHE``, a fresh
+  temporary folder unless set from outside), shared by the xdist workers and the processes they
+  start: a program the session compiled once (the tiny configs train in many tests, and a run
+  resumed compiles what it compiled before) is loaded, not compiled again.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count=4"
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ.setdefault("XLA_FLAGS", f"{DEVICE_COUNT_FLAG} {FAST_COMPILE_FLAGS}")
+
+if "ZOO_COMPILATION_CACHE" not in os.environ:  # the first process of the session (xdist's workers inherit it)
+    os.environ["ZOO_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="zoo-tests-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["ZOO_COMPILATION_CACHE"], ignore_errors=True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from zoo.compilation import default_cache_dir, enable_compilation_cache  # noqa: E402
+
 jax.config.update("jax_enable_x64", False)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+enable_compilation_cache(default_cache_dir())
 
 
 @pytest.fixture(autouse=True)

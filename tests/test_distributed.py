@@ -86,7 +86,9 @@ def start_two_processes(workdir, data_dir, logs, max_steps: int) -> list[subproc
     ``logs`` [(stdout, stderr)] (a full pipe would block a process); the runs of a module share a
     compilation cache (in ``data_dir``), so that only the first compiles."""
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    two_devices = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=4",
+                                                  "--xla_force_host_platform_device_count=2")  # the session's other flags kept
+    env = {**os.environ, "XLA_FLAGS": two_devices, "JAX_PLATFORMS": "cpu"}
     args = [*tiny_cli_args(workdir, data_dir, max_steps=max_steps)[:-1], str(Path(data_dir) / "xla-cache")]
     return [subprocess.Popen([sys.executable, "train.py", *args,
                               "--coordinator-address", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
