@@ -54,7 +54,9 @@ def test_exported_file_translates_as_the_workdir(loaded, name):
         expected, got = translator.translate_tokens(SENTENCES, k), exported.translate_tokens(SENTENCES, k)
         for a, b in zip(expected, got, strict=True):
             assert (b.text, b.tokens, b.source_tokens) == (a.text, a.tokens, a.source_tokens)
-            np.testing.assert_allclose(b.heads, a.heads, rtol=1e-5, atol=1e-6)
+            # two XLA programs (the export's symbolic shapes, the translator's jit) round apart: ConvS2S's
+            # weights differed by 4.5e-6 under the suite's fast-compile flags (tests/conftest.py)
+            np.testing.assert_allclose(b.heads, a.heads, rtol=1e-5, atol=1e-5)
         assert len(got[2].source_tokens) == 13 and got[2].heads.shape[-2:] == (len(got[2].tokens), 13)
         if name == "transformer":
             assert got[0].heads.shape[:2] == (2, 2)  # 2 decoder layers of 2 heads
