@@ -231,7 +231,7 @@ def test_luong_bidirectional_encoder_concatenates_the_two_directions():
     np.testing.assert_array_equal(h, np.concatenate([states[L - 1, :half], states[0, half:]]))
     np.testing.assert_array_equal(states[L:], 0.0)
     assert np.abs(states[:L, :half] - states[:L, half:]).max() > 1e-3  # two directions, two sets of weights
-    with pytest.raises(ValueError, match="odd 15"):
+    with pytest.raises(ValueError, match=r"LuongConfig.hidden_dim=15: .*must be even"):
         models.build("luong", hidden_dim=15, bidirectional_encoder=True)
 
 
