@@ -39,10 +39,17 @@ def time_step(model_name: str, batch_size: int, tokens: int, repeats: int, warmu
     import numpy as np
 
     from zoo.config import TrainConfig
-    from zoo.models import MODELS, build
+    from zoo.models import build
     from zoo.training import init_state, make_optimizer, make_train_step
 
-    config = MODELS[model_name].config()
+    try:  # the registry's config class, in this tree and after it
+        from zoo.models import MODELS
+
+        config = MODELS[model_name].config()
+    except (ImportError, AttributeError):  # a baseline before the one registry (zoo.config.MODEL_CONFIGS)
+        from zoo.config import MODEL_CONFIGS
+
+        config = MODEL_CONFIGS[model_name]()
     model = build(model_name, config)
     tx = make_optimizer(TrainConfig())
     graphdef, state = init_state(model, tx)
