@@ -27,24 +27,19 @@ class DispatchWindow:
             jax.block_until_ready(self.queue.popleft())
 
 
-class ExitOnSignal:
-    """Inside ``with ExitOnSignal():``, SIGTERM and SIGINT exit the process at once with ``128 +
-    signum``, one line on stderr and no traceback (Python's default SIGINT raises
-    KeyboardInterrupt wherever the main thread is, even inside JAX's callbacks, where it is
-    ignored). For the time before the loop, which writes nothing that a kill could leave half
-    written (files are renamed into place; the kernel releases the workdir lock);
-    :class:`StopSignal` takes the signals over for the loop. Outside the main thread: no-op."""
+class _SignalHandlers:
+    """A context manager that routes SIGTERM and SIGINT to ``self._on_signal`` inside its block and
+    restores the previous handlers after it. Outside the main thread: no-op."""
 
-    def __init__(self):
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def _on_signal(self, signum, frame) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
         self._previous = {}
-
-    def _exit(self, signum, frame) -> None:
-        os.write(2, f"stopped by {signal.Signals(signum).name} before training\n".encode())
-        os._exit(128 + signum)
-
-    def __enter__(self) -> "ExitOnSignal":
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._exit) for s in StopSignal.SIGNALS}
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -52,7 +47,20 @@ class ExitOnSignal:
             signal.signal(s, handler)
 
 
-class StopSignal:
+class ExitOnSignal(_SignalHandlers):
+    """Inside ``with ExitOnSignal():``, SIGTERM and SIGINT exit the process at once with ``128 +
+    signum``, one line on stderr and no traceback (Python's default SIGINT raises
+    KeyboardInterrupt wherever the main thread is, even inside JAX's callbacks, where it is
+    ignored). For the time before the loop, which writes nothing that a kill could leave half
+    written (files are renamed into place; the kernel releases the workdir lock);
+    :class:`StopSignal` takes the signals over for the loop. Outside the main thread: no-op."""
+
+    def _on_signal(self, signum, frame) -> None:
+        os.write(2, f"stopped by {signal.Signals(signum).name} before training\n".encode())
+        os._exit(128 + signum)
+
+
+class StopSignal(_SignalHandlers):
     """Inside ``with StopSignal() as stop:``, SIGTERM and SIGINT set ``stop.signal`` (the
     signal's name) instead of ending the process, so the loop can finish its step and save; a
     second signal exits at once with ``128 + signum`` (what was committed stays intact:
@@ -66,13 +74,12 @@ class StopSignal:
     last agreement holds. With one process every call is a sync point and costs nothing.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
     FAILED = "FAILED"  # a process cannot go on (its metrics log cannot be written): stop and save
 
     def __init__(self):
-        self.signal, self.agreed, self._previous = None, None, {}
+        self.signal, self.agreed = None, None
 
-    def _handle(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
         if self.signal is not None:
             os._exit(128 + signum)
         self.signal = signal.Signals(signum).name
@@ -95,12 +102,3 @@ class StopSignal:
             agreed = int(np.max(multihost_utils.process_allgather(np.int32(codes[local]))))
             self.agreed = {code: name for name, code in codes.items()}[agreed]
         return self.agreed is not None
-
-    def __enter__(self) -> "StopSignal":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
