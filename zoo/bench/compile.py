@@ -26,6 +26,7 @@ import jax
 from zoo.aot import TOPOLOGIES, DoesNotFit, compile_train_step, largest_batch_shape, read_corpus
 from zoo.config import Config
 from zoo.errors import ZooError
+from zoo.io import read_json
 from zoo.models import list_models, recipe
 
 DTYPES = ("float32", "bfloat16")
@@ -137,7 +138,11 @@ def largest_batch_tokens(compile_at: Callable[[int], dict], start: int, first: d
 def run_compile_study(out: Path, models=None, topologies=DEFAULT_TOPOLOGIES, sizes=("default", "large"),
                       search_on=SEARCH_TOPOLOGIES, data_dir=None, log=print) -> dict:
     """Compile every row and write ``out/compile.json``, ``out/compile.md`` and ``out/compile.png``
-    (rewritten after every row, so that a run cut short leaves the rows it finished).
+    (rewritten after every row, so that a run cut short leaves the rows it finished). Rows that an
+    earlier run left in ``out/compile.json`` with the same libtpu, vocabularies and batch (and
+    their batch search, if they have one) are kept, not compiled again: a run cut short resumes
+    (delete the file to compile everything again). The searches run after every row, the large
+    size's first (where HBM binds soonest).
 
     Args:
       out: output folder (created). models: a subset of :func:`zoo.models.list_models` (None: all).
@@ -170,6 +175,10 @@ def run_compile_study(out: Path, models=None, topologies=DEFAULT_TOPOLOGIES, siz
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results = {"setting": setting,
                "vocab": corpus.vocab, "large": LARGE, "large_batch_tokens": LARGE_BATCH_TOKENS, "rows": []}
+    earlier = earlier_rows(out / "compile.json", results)
+    if earlier:
+        previous = read_json(out / "compile.json")
+        results["earlier_runs"] = [*previous.get("earlier_runs", []), previous["setting"]]
     def save():
         results.update(seconds=time.perf_counter() - start, load_average=os.getloadavg())
         write_json(results, out / "compile.json")
@@ -182,15 +191,16 @@ def run_compile_study(out: Path, models=None, topologies=DEFAULT_TOPOLOGIES, siz
             for dtype in DTYPES:
                 config = configs[model, size, dtype] = study_config(model, dtype, size)
                 for topology in topologies:
-                    log(f"[compile] {model} {size} {dtype} on {topology}")
-                    row = {"model": model, "size": size, "dtype": dtype, "topology": topology,
-                           "batch_tokens": config.train.batch_tokens, "batch_size": config.train.batch_size,
-                           **corpus.compile(config, topology)}
+                    key = {"model": model, "size": size, "dtype": dtype, "topology": topology,
+                           "batch_tokens": config.train.batch_tokens, "batch_size": config.train.batch_size}
+                    row = earlier.get(row_key(key))
+                    log(f"[compile] {model} {size} {dtype} on {topology}" + (" (kept from compile.json)" if row else ""))
+                    row = row or {**key, **corpus.compile(config, topology)}
                     results["rows"].append(row)
                     log("  " + row_line(row))
                     save()
-    for row in results["rows"]:
-        if row["topology"] in search_on:
+    for row in sorted(results["rows"], key=lambda r: r["size"] != "large"):  # stable: the large size's first
+        if row["topology"] in search_on and "largest" not in row:
             config, topology = configs[row["model"], row["size"], row["dtype"]], row["topology"]
             log(f"[compile] largest batch: {row['model']} {row['size']} {row['dtype']} on {topology}")
             first = row if config.train.batch_tokens else corpus.compile(with_batch_tokens(config, 4096), topology)
@@ -201,6 +211,22 @@ def run_compile_study(out: Path, models=None, topologies=DEFAULT_TOPOLOGIES, siz
             save()
     log(compile_table(results))
     return results
+
+
+def row_key(row: dict) -> tuple:
+    return tuple(row[k] for k in ("model", "size", "dtype", "topology", "batch_tokens", "batch_size"))
+
+
+def earlier_rows(path: Path, results: dict) -> dict:
+    """The rows of an earlier ``compile.json`` at ``path`` (by :func:`row_key`) that ``results``
+    may keep: same libtpu, vocabularies, large sizes and batch; {} when there is no such file."""
+    if not path.exists():
+        return {}
+    previous = read_json(path)
+    same = all(previous.get(k) == results[k] for k in ("vocab", "large", "large_batch_tokens"))
+    if not same or previous["setting"].get("libtpu") != results["setting"]["libtpu"]:
+        return {}
+    return {row_key(r): r for r in previous["rows"]}
 
 
 def _batch(row: dict) -> str:
