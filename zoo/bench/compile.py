@@ -182,7 +182,7 @@ def run_compile_study(out: Path, models=None, topologies=DEFAULT_TOPOLOGIES, siz
     def save():
         results.update(seconds=time.perf_counter() - start, load_average=os.getloadavg())
         write_json(results, out / "compile.json")
-        (out / "compile.md").write_text(compile_table(results) + "\n")
+        (out / "compile.md").write_text(f"{model_table(results)}\n\n{compile_table(results)}\n")
         compile_plot(results, out / "compile.png")
 
     configs = {}
@@ -239,6 +239,38 @@ def row_line(row: dict) -> str:
         return f"does not fit: {row['error']}"
     return (f"{row['peak_bytes'] / 1e9:.2f} GB a chip, {(row['xla_flops'] or 0) / 1e9:.1f} GFLOP, "
             f"{row['roofline_s'] * 1e3:.2f} ms, {row['tokens_per_s']:,.0f} tokens/s, compiled in {row['compile_s']:.0f} s")
+
+
+def model_table(results: dict, dtype: str = "bfloat16") -> str:
+    """The Markdown summary: one line a model, in ``dtype``, at its default and its paper size
+    ("default / paper"): parameters, HBM a chip and the roofline step time on each topology, and
+    the largest ``batch_tokens`` the search found. Empty cells: a row not compiled (or not fitting)."""
+    rows = {(r["model"], r["size"], r["topology"]): r for r in results["rows"] if r["dtype"] == dtype}
+    models = list(dict.fromkeys(r["model"] for r in results["rows"]))
+    topologies = list(dict.fromkeys(r["topology"] for r in results["rows"]))
+
+    def pair(model, topology, figure):
+        cells = []
+        for size in ("default", "large"):
+            r = rows.get((model, size, topology))
+            cells.append(figure(r) if r and r["fits"] else "–")
+        return " / ".join(cells)
+
+    head = ["model", "params"] + [f"{t} {what}" for t in topologies for what in ("HBM a chip (GB)", "roofline step (ms)")]
+    searched = [t for t in topologies if any(r.get("largest") for r in results["rows"] if r["topology"] == t)]
+    head += [f"largest batch_tokens on {t}" for t in searched]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model in models:
+        any_topology = topologies[0]
+        cells = [model, pair(model, any_topology, lambda r: f"{r['num_params'] / 1e6:.1f} M")]
+        for t in topologies:
+            cells += [pair(model, t, lambda r: f"{r['peak_bytes'] / 1e9:.2f}"),
+                      pair(model, t, lambda r: f"{r['roofline_s'] * 1e3:.2f}")]
+        for t in searched:
+            cells.append(pair(model, t, lambda r: f"{r['largest']['batch_tokens']:,}" if r.get("largest") and
+                              r["largest"]["batch_tokens"] else "–"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def compile_table(results: dict) -> str:
