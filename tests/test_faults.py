@@ -40,46 +40,70 @@ def step_losses(workdir: Path) -> list:
     return [(r["step"], r["loss"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
+RUN = ["--train.log-every", "1", "--train.max-steps", "150"]  # 60 steps an epoch
+
+
 @pytest.fixture(scope="module")
-def reference(data, tmp_path_factory) -> tuple[Path, Path]:
-    """An uninterrupted run of 150 steps (60 an epoch), and the compilation cache the runs share."""
-    root = tmp_path_factory.mktemp("reference")
-    full = start(root / "full", data, root / "cache", "--train.max-steps", "150")
-    assert full.wait(timeout=300) == 0, full.stderr.read()
-    return root / "full", root / "cache"
+def reference(data, tmp_path_factory) -> Path:
+    """An uninterrupted run of 150 steps (validations at 60 and 120), trained in this process: its programs,
+    in the session's compilation cache, are the ones the train.py processes of the runs compared with it load."""
+    workdir = tmp_path_factory.mktemp("reference") / "full"
+    with jax.numpy_dtype_promotion("standard"):  # (module scope: the autouse fixture is per test)
+        assert train.main(["--workdir", str(workdir), "--data-dir", str(data), *TINY, *RUN,
+                           "--train.checkpoint-every", "1000"]) == 0
+    return workdir
 
 
-def start(workdir: Path, data: Path, cache: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, str(ROOT / "train.py"), "--workdir", str(workdir), "--data-dir", str(data), *TINY,
-            "--train.log-every", "1", "--train.checkpoint-every", "1000", *extra]
-    return subprocess.Popen(args, env={**os.environ, "ZOO_COMPILATION_CACHE": str(cache)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start(workdir: Path, data: Path, *extra: str, cache: Path | None = None) -> subprocess.Popen:
+    """train.py on ``data`` with :data:`TINY` and ``extra``, sharing the session's compilation cache (or ``cache``)."""
+    args = [sys.executable, str(ROOT / "train.py"), "--workdir", str(workdir), "--data-dir", str(data), *TINY, *extra]
+    env = os.environ if cache is None else {**os.environ, "ZOO_COMPILATION_CACHE": str(cache)}
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(run: subprocess.Popen, workdir: Path, step: int) -> None:
+    """Until ``run`` has logged ``step`` (it is in the loop, past compilation)."""
+    deadline = time.time() + 300
+    while not (workdir / "metrics.jsonl").exists() or len(step_losses(workdir)) < step:
+        assert run.poll() is None and time.time() < deadline, run.stderr.read()
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_the_current_step_and_the_rerun_continues_bit_for_bit(tmp_path, data, reference, signum):
-    (full, cache), workdir = reference, tmp_path / "run"
-    run = start(workdir, data, cache, "--train.max-steps", "150")
-    deadline = time.time() + 300
-    while not (workdir / "metrics.jsonl").exists() or len(step_losses(workdir)) < 3:  # in the loop, past compilation
-        assert run.poll() is None and time.time() < deadline, run.stderr.read()
-        time.sleep(0.05)
-    run.send_signal(signum)
-    sent = time.time()
-    code = run.wait(timeout=60)
-    out = run.stdout.read()
-    assert code == 128 + signum, run.stderr.read()
-    assert time.time() - sent < 30
-    saved = int(out.split("saved step ")[1].split(",")[0])
-    assert f"saved step {saved}, stopping on {signal.Signals(signum).name}" in out
-    assert 3 <= saved < 150 and (workdir / "checkpoints" / str(saved)).is_dir()
-    assert [s for s, _ in step_losses(workdir)] == list(range(1, saved + 1))
-    assert step_losses(workdir) == step_losses(full)[:saved]
-    if signum == signal.SIGTERM:  # (the rerun after SIGINT is the same code path)
-        rerun = start(workdir, data, cache, "--train.max-steps", "150")
-        assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
-        assert step_losses(workdir) == step_losses(full)  # bit for bit
+def test_sigint_sigterm_and_kill_9_in_the_loop_leave_a_run_that_continues_bit_for_bit(tmp_path, data, reference,
+                                                                                      capsys):
+    """One run stopped inside its loop three times, each time a few steps after resuming: SIGINT, then SIGTERM,
+    each saving the current step and exiting 128 + signum within 30 s with `saved step N, stopping on SIG...`;
+    then a second trainer on the workdir is refused naming the running process, which is killed with SIGKILL
+    somewhere in the run (a step, a save, a validation); the rerun (the dead process's lock does not block)
+    ends with the uninterrupted run's losses, bit for bit."""
+    workdir, saved = tmp_path / "run", 0
+    flags = [*RUN, "--train.checkpoint-every", "7"]  # the checkpoints do not change the losses
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        run = start(workdir, data, *flags)
+        wait_for_step(run, workdir, saved + 3)
+        run.send_signal(signum)
+        sent = time.time()
+        code = run.wait(timeout=60)
+        out = run.stdout.read()
+        assert code == 128 + signum, run.stderr.read()
+        assert time.time() - sent < 30
+        step = int(re.search(rf"saved step (\d+), stopping on {signal.Signals(signum).name}\n", out).group(1))
+        assert saved + 3 <= step < 150 and (workdir / "checkpoints" / str(step)).is_dir()
+        assert [s for s, _ in step_losses(workdir)] == list(range(1, step + 1))
+        assert step_losses(workdir) == step_losses(reference)[:step]
+        saved = step
+    run = start(workdir, data, *flags)
+    wait_for_step(run, workdir, saved + 3)
+    assert train.main(["--workdir", str(workdir), "--data-dir", str(data), *TINY, *flags]) == 2
+    assert f"process {run.pid} is training in this workdir" in capsys.readouterr().err
+    time.sleep(random.Random(0).uniform(0.0, 1.0))  # somewhere in the run: a step, a save, a validation
+    assert run.poll() is None  # the kill lands in the run
+    run.kill()
+    run.wait(timeout=60)
+    rerun = start(workdir, data, *flags)
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
+    assert step_losses(workdir) == step_losses(reference)  # bit for bit
 
 
 def test_a_diverging_run_stops_naming_the_step_and_saves_nothing_non_finite(tmp_path, data, capsys):
@@ -112,25 +136,6 @@ def test_bad_flags_are_refused_before_anything_is_written(tmp_path, data, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not workdir.exists()
-
-
-@pytest.mark.slow
-def test_a_second_trainer_is_refused_and_kill_9_leaves_a_resumable_workdir(tmp_path, data, reference, capsys):
-    (full, cache), workdir = reference, tmp_path / "run"
-    flags = ["--train.max-steps", "150", "--train.checkpoint-every", "7"]  # the checkpoints do not change the losses
-    run = start(workdir, data, cache, *flags)
-    deadline = time.time() + 300
-    while not (workdir / "metrics.jsonl").exists() or len(step_losses(workdir)) < 10:
-        assert run.poll() is None and time.time() < deadline, run.stderr.read()
-        time.sleep(0.05)
-    assert train.main(["--workdir", str(workdir), "--data-dir", str(data), *TINY, *flags]) == 2
-    assert f"process {run.pid} is training in this workdir" in capsys.readouterr().err
-    time.sleep(random.Random(0).uniform(0.0, 1.0))  # somewhere in the run: a step, a save, a validation
-    run.kill()
-    run.wait(timeout=60)
-    rerun = start(workdir, data, cache, *flags)  # the dead process's lock does not block
-    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
-    assert step_losses(workdir) == step_losses(full)
 
 
 def metrics_history(steps: int) -> list[str]:
@@ -260,7 +265,7 @@ def small(tmp_path_factory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("small")
     data = with_long_pairs(write_tiny_multi30k(root / "tiny"), root / "data", {"train": 2, "val": 1})
     args = ["--workdir", str(root / "w"), "--data-dir", str(data), *TINY, "--train.log-every", "1", "--data.max-length", "12",
-            "--train.checkpoint-every", "3", "--train.max-steps", "8", "--compilation-cache", str(root / "cache")]
+            "--train.checkpoint-every", "3", "--train.max-steps", "8"]
     with jax.numpy_dtype_promotion("standard"):  # (module scope: the autouse fixture is per test)
         assert train.main(args) == 0
     return root / "w", args
@@ -378,7 +383,7 @@ def test_a_signal_before_the_loop_exits_at_once_with_no_traceback(tmp_path, data
     model, compilation): 130 and 143, no traceback, at most one line, and a workdir with only
     whole files (no temporary file), as a rerun expects."""
     runs = {signal.SIGINT: 1.0, signal.SIGTERM: 3.0}
-    started = {s: start(tmp_path / s.name, data, tmp_path / "cache", "--train.max-steps", "150") for s in runs}
+    started = {s: start(tmp_path / s.name, data, "--train.max-steps", "150", cache=tmp_path / "cache") for s in runs}
     begin = time.time()
     for signum, at in sorted(runs.items(), key=lambda item: item[1]):
         time.sleep(max(0.0, begin + at - time.time()))
