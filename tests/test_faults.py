@@ -40,12 +40,12 @@ def step_losses(workdir: Path) -> list:
     return [(r["step"], r["loss"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-RUN = ["--train.log-every", "1", "--train.max-steps", "150"]  # 60 steps an epoch
+RUN = ["--train.log-every", "1", "--train.max-steps", "100"]  # 60 steps an epoch
 
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory) -> Path:
-    """An uninterrupted run of 150 steps (validations at 60 and 120), trained in this process: its programs,
+    """An uninterrupted run of 100 steps (a validation at 60), trained in this process: its programs,
     in the session's compilation cache, are the ones the train.py processes of the runs compared with it load."""
     workdir = tmp_path_factory.mktemp("reference") / "full"
     with jax.numpy_dtype_promotion("standard"):  # (module scope: the autouse fixture is per test)
@@ -78,7 +78,7 @@ def test_sigint_sigterm_and_kill_9_in_the_loop_leave_a_run_that_continues_bit_fo
     somewhere in the run (a step, a save, a validation); the rerun (the dead process's lock does not block)
     ends with the uninterrupted run's losses, bit for bit."""
     workdir, saved = tmp_path / "run", 0
-    flags = [*RUN, "--train.checkpoint-every", "7"]  # the checkpoints do not change the losses
+    flags = [*RUN, "--train.checkpoint-every", "20"]  # the checkpoints do not change the losses
     for signum in (signal.SIGINT, signal.SIGTERM):
         run = start(workdir, data, *flags)
         wait_for_step(run, workdir, saved + 3)
@@ -89,7 +89,7 @@ def test_sigint_sigterm_and_kill_9_in_the_loop_leave_a_run_that_continues_bit_fo
         assert code == 128 + signum, run.stderr.read()
         assert time.time() - sent < 30
         step = int(re.search(rf"saved step (\d+), stopping on {signal.Signals(signum).name}\n", out).group(1))
-        assert saved + 3 <= step < 150 and (workdir / "checkpoints" / str(step)).is_dir()
+        assert saved + 3 <= step < 100 and (workdir / "checkpoints" / str(step)).is_dir()
         assert [s for s, _ in step_losses(workdir)] == list(range(1, step + 1))
         assert step_losses(workdir) == step_losses(reference)[:step]
         saved = step
