@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from compile_options import FAST_COMPILE
 
 from zoo import flops
 from zoo.bench import cli, layers, measure, runner, seq2seq, throughput
@@ -124,30 +123,36 @@ def test_flop_peak_table_knows_the_nvidia_chips():
 
 # ---------------------------------------------------------------- the seq2seq models
 
-SIZES = seq2seq.Seq2SeqSizes(batch=2, vocab=11, embed=6, hidden=8, attention_dim=5, grid=((3, 2), (5, 4)),
-                             memory_length=6, fit_from=6, train=False)
+# The sizes of every seq2seq test and of the run end to end (TINY), so that the run loads from the
+# compilation cache the programs the tests before it compiled: the additive and local forward
+# passes at (m, t) = (5, 4), the three training steps at m = t = 40.
+# A window of D = 1 (3 positions) is narrower than both grid sources: local attention scores t·3 < m·t.
+SIZES = seq2seq.Seq2SeqSizes(batch=4, vocab=11, embed=6, hidden=16, attention_dim=32, grid=((5, 4), (7, 5)),
+                             memory_length=40, fit_from=20, train=False, window=1)
 
 
-@pytest.mark.parametrize("model, scoring", [("none", "step"), ("additive", "step"), ("dot", "step"),
-                                            ("additive", "broadcast"), ("local", "step")])
-def test_score_and_step_counts_are_exact(model, scoring):
-    sizes = replace(SIZES, window=2)
-    graphdef, params = seq2seq.build(model, sizes, jnp.float32, scoring=scoring)
-    m, t = 7, 5  # the run end to end checks the counts at other lengths too
-    src, tgt_in, _ = seq2seq.batch(sizes, m, t)
+def exact_scores(model: str, m: int, t: int) -> int:
+    """Score evaluations of one example, by hand: local attention (D = 1) scores t·(2D + 1) < m·t."""
+    return {"none": 0, "local": t * 3}.get(model, m * t)
+
+
+def test_broadcast_score_and_step_counts_are_exact():
+    """The study counts the step-by-step models (the run end to end checks them against
+    :func:`exact_scores`); the broadcast scoring is counted here."""
+    graphdef, params = seq2seq.build("additive", SIZES, jnp.float32, scoring="broadcast")
+    m, t = 7, 5
+    src, tgt_in, _ = seq2seq.batch(SIZES, m, t)
     counts = seq2seq.count(graphdef, params, src[0], tgt_in[0])
-    scores = {"none": 0, "local": t * 5}.get(model, m * t)  # local: t·(2D + 1) < m·t
-    assert counts == {"scores": scores, "recurrent_steps": m + t} and sizes.scores(model, m, t) == scores
+    assert counts == {"scores": m * t, "recurrent_steps": m + t} and SIZES.scores("additive", m, t) == m * t
 
 
 def test_broadcast_step_and_remat_attention_are_one_function_with_different_memory():
-    sizes = replace(SIZES, batch=4, hidden=16, attention_dim=32)
-    data = seq2seq.batch(sizes, 40, 40)
+    length = SIZES.memory_length  # the programs of the run's memory comparison
+    data = seq2seq.batch(SIZES, length, length)
     results = []
     for scoring, remat in (("broadcast", False), ("step", False), ("step", True)):
-        graphdef, params = seq2seq.build("additive", sizes, jnp.float32, scoring=scoring, remat=remat)
-        step = jax.jit(seq2seq.train_step_fn(graphdef), compiler_options=FAST_COMPILE)
-        compiled = step.lower(params, *data).compile()
+        graphdef, params = seq2seq.build("additive", SIZES, jnp.float32, scoring=scoring, remat=remat)
+        compiled = compile_program(seq2seq.train_step_fn(graphdef), params, *data)
         new_params, loss = compiled(params, *data)
         results.append((loss, jax.tree.leaves(new_params), memory_bytes(compiled)["peak"]))
     (loss_b, params_b, mem_b), (loss_s, params_s, mem_s), (loss_r, params_r, mem_r) = results
@@ -159,12 +164,12 @@ def test_broadcast_step_and_remat_attention_are_one_function_with_different_memo
 
 
 def test_local_attention_with_a_window_over_the_whole_source_is_global_attention():
-    m, t = 5, 4
+    m, t = 5, 4  # a grid point of the run end to end: it loads the first and last programs
     data = seq2seq.batch(SIZES, m, t)
     losses = []
-    for model, sizes in (("additive", SIZES), ("local", replace(SIZES, window=m)), ("local", replace(SIZES, window=1))):
+    for model, sizes in (("additive", SIZES), ("local", replace(SIZES, window=m)), ("local", SIZES)):  # SIZES: D = 1
         graphdef, params = seq2seq.build(model, sizes, jnp.float32)  # one seed: the same parameters
-        losses.append(float(jax.jit(seq2seq.loss_fn(graphdef), compiler_options=FAST_COMPILE)(params, *data)))
+        losses.append(float(compile_program(seq2seq.loss_fn(graphdef), params, *data)(params, *data)))
     assert losses[1] == pytest.approx(losses[0], rel=1e-6) and abs(losses[2] - losses[0]) > 1e-6
 
 
@@ -181,7 +186,7 @@ TINY = runner.Preset(
     "tiny", SIZES,
     layers.LayerSizes(batch=2, head_dim=8, kernel_size=3, block_size=8, fixed_d=8, n_grid=(8, 16), fixed_n=8,
                       d_grid=(8, 16), fit_points=2),
-    repeats=5, warmup=1)
+    repeats=3, warmup=1)
 
 
 def _strict_json(path):
@@ -200,12 +205,13 @@ def test_quick_cli_writes_json_table_and_plots(tmp_path, monkeypatch, capsys):
     if peer:  # without --peer-threads the peer gets as many threads as JAX: every core of this process
         assert results["setting"]["torch_threads"] == results["setting"]["host_cores"] == measure.host_threads()
     assert results["setting"]["platform"] == "cpu" and results["setting"]["dtype"] == "float32"
-    assert results["preset"] == "tiny" and results["repeats"] == 5
+    assert results["preset"] == "tiny" and results["repeats"] == 3
     rows = results["seq2seq"]["measurements"]
     assert {(r["model"], r["m"], r["t"]) for r in rows} == {(a, m, t) for a in seq2seq.MODELS for m, t in SIZES.grid}
-    for r in rows:
-        assert r["scores_counted"] == r["scores_analytic"] and r["recurrent_steps_counted"] == r["m"] + r["t"]
-        assert len(r["time"]["runs"]) == 5 and r["time"]["min"] <= r["time"]["median"] <= r["time"]["max"]
+    for r in rows:  # the counts at run time, the analytic ones and the ones by hand agree
+        assert r["scores_counted"] == r["scores_analytic"] == exact_scores(r["model"], r["m"], r["t"])
+        assert r["recurrent_steps_counted"] == r["recurrent_steps_analytic"] == r["m"] + r["t"]
+        assert len(r["time"]["runs"]) == 3 and r["time"]["min"] <= r["time"]["median"] <= r["time"]["max"]
     assert {(f["series"], f["against"]) for f in results["seq2seq"]["fits"]} >= {("additive/forward time", "m*t"),
                                                                                 ("local/forward time", "t*W"),
                                                                                 ("none/forward time", "m+t")}
@@ -254,10 +260,15 @@ def test_peer_torch_missing_is_one_line(tmp_path, monkeypatch, capsys):
 @pytest.mark.usefixtures("standard_dtype_promotion")
 def test_train_study_quick_writes_every_field(tmp_path, monkeypatch):
     """``benchmark.py train --quick`` on the synthetic corpus (no Multi30k under --data-dir), with
-    fewer timed steps and sentences than the preset's (256: enough for every loop's 3 batches)."""
-    monkeypatch.setattr(throughput, "QUICK", replace(throughput.QUICK, loop_steps=2, small_loop_steps=2,
-                                                                small_steps_per_call=2, log_every=1, min_seconds=0.0,
-                                                                corpus_sentences=256))
+    fewer timed steps and sentences than the preset's (64: 8 batches, more than any loop's 4 steps,
+    so that no epoch ends and validates),
+    and the study's Transformer at the small model's size and batch, so that its row and the
+    small model's (both one step a call) run one program: the second loads it from the cache."""
+    quick = throughput.QUICK
+    monkeypatch.setattr(throughput, "QUICK", replace(quick, loop_steps=2, small_loop_steps=2, small_steps_per_call=2,
+                                                     log_every=1, min_seconds=0.0, corpus_sentences=64,
+                                                     overrides={"transformer": quick.small[1]},
+                                                     batch_tokens=quick.small_batch_tokens))
     out = tmp_path / "out"
     assert cli.main(["train", "--quick", "--models", "transformer", "--data-dir", str(tmp_path / "none"), "--out", str(out)]) == 0
     results = json.loads((out / "train.json").read_text())

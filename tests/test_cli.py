@@ -13,6 +13,7 @@ import jax
 import pytest
 from corpus import write_tiny_multi30k
 
+import zoo.evaluation
 from zoo.cli import evaluate, train
 from zoo.errors import ZooError
 
@@ -158,13 +159,16 @@ def test_evaluate_plot_attention_refuses_a_model_without_attention(tmp_path, cap
     assert snapshot(workdir) == before and not (tmp_path / "a.png").exists()
 
 
-def test_transformer_trains_and_plots_one_panel_per_head(trained, tmp_path, capsys):
+def test_transformer_trains_and_plots_one_panel_per_head(trained, tmp_path, capsys, monkeypatch):
+    """One training step of a 2-decoder-layer Transformer with a schedule and label smoothing, then
+    evaluate.py plots layer 0's heads; --plot-layer 2 is refused (with the metrics, checked on the
+    first call, stubbed: the refusal comes after them)."""
     data, _ = trained
     workdir, png = tmp_path / "transformer", tmp_path / "heads.png"
     tiny = ["--model.d-model", "8", "--model.num-heads", "2", "--model.d-ff", "8", "--model.num-encoder-layers", "1",
             "--model.num-decoder-layers", "2", "--model.max-length", "40", "--data.min-freq", "1", "--train.batch-size", "8",
             "--no-progress"]
-    assert train.main(["--workdir", str(workdir), "--data-dir", str(data), "--model", "transformer", "--train.max-steps", "2",
+    assert train.main(["--workdir", str(workdir), "--data-dir", str(data), "--model", "transformer", "--train.max-steps", "1",
                        "--train.warmup-steps", "2", "--train.label-smoothing", "0.1", *tiny]) == 0
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["label_smoothing"] == 0.1 and config["train"]["warmup_steps"] == 2
@@ -173,8 +177,10 @@ def test_transformer_trains_and_plots_one_panel_per_head(trained, tmp_path, caps
                           str(png), "--plot-sentences", "1", "--plot-layer", "0"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
+    metrics = {"bleu": 1.0, "bleu_lc_tok": 1.0, "ppl_free_running": 2.0, "ppl_teacher_forced": 2.0, "step": 1}
+    monkeypatch.setattr(zoo.evaluation, "evaluate", lambda *args: (metrics, []))
     assert evaluate.main(["--workdir", str(workdir), "--data-dir", str(data), "--split", "val", "--plot-attention",
-                          str(tmp_path / "none.png"), "--plot-layer", "2"]) == 2
+                          str(tmp_path / "none.png"), "--plot-sentences", "1", "--plot-layer", "2"]) == 2
     assert "layer 2 out of range: the model has 2 decoder layer(s)" in capsys.readouterr().err
     assert snapshot(workdir) == before
 
@@ -195,7 +201,7 @@ def test_a_second_identical_run_compiles_nothing(tmp_path):
     counts = []
     for name in ("first", "second"):
         args = [sys.executable, str(ROOT / "train.py"), "--workdir", str(tmp_path / name), "--data-dir", str(data),
-                "--train.max-steps", "2", *TINY]
+                "--train.max-steps", "1", *TINY]
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
         counts.append(tuple(map(int, re.search(r"XLA: (\d+) programs compiled, (\d+) from the cache", done.stdout).groups())))

@@ -25,7 +25,7 @@ from zoo.errors import ZooError
 from zoo.evaluation import make_eval_nll
 from zoo.flops import jaxpr_flops
 from zoo.loss import example_nll
-from zoo.models import build
+from zoo.models import MODELS, build
 from zoo.runtime import DispatchWindow
 from zoo.training import init_state, make_optimizer, make_train_step, step_key, train
 from zoo.translator import Translator
@@ -61,9 +61,14 @@ def losses(workdir):
     return [(r["step"], r["loss"]) for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r]
 
 
+# One optimizer for the tests that compile the training step on the shared batch: the single-device
+# step is one program, compiled once and loaded from the compilation cache after.
+STEP_TRAIN_CONFIG = TrainConfig(learning_rate=1e-2)
+
+
 def test_train_step_lowers_loss(pipeline_and_batch):
     _, model_config, batch = pipeline_and_batch
-    tx = make_optimizer(TrainConfig(learning_rate=1e-2))
+    tx = make_optimizer(STEP_TRAIN_CONFIG)
     graphdef, state = init_state(build("bahdanau", model_config), tx)
     train_step = make_train_step(graphdef, tx)
     first = None
@@ -78,7 +83,7 @@ def test_train_step_lowers_loss(pipeline_and_batch):
 def test_four_devices_give_single_device_numbers(pipeline_and_batch):
     assert jax.device_count() == 4, "conftest.py must force 4 CPU devices"
     _, model_config, batch = pipeline_and_batch
-    tx = make_optimizer(TrainConfig())
+    tx = make_optimizer(STEP_TRAIN_CONFIG)
     graphdef, state = init_state(build("bahdanau", model_config), tx)
     host_state = jax.device_get(state)
     train_step = make_train_step(graphdef, tx)
@@ -185,7 +190,7 @@ def test_teacher_forcing_ratio_ends_are_teacher_forced_and_free_running(pipeline
 def test_save_load_models_with_layer_lists(name, pipeline_and_batch, tmp_path):
     """Stacked layers live in an nnx.List, whose integer keys Orbax stores as strings."""
     pipeline, _, _ = pipeline_and_batch
-    model_config = zoo.build(name).config.__class__(
+    model_config = MODELS[name].config(
         src_vocab_size=len(pipeline.src_vocab), tgt_vocab_size=len(pipeline.tgt_vocab), embed_dim=8, hidden_dim=8,
         num_layers=2)
     config = Config(model_name=name, model=model_config, data=DataConfig(min_freq=1), train=TrainConfig())
@@ -270,7 +275,7 @@ def test_step_flops_count_matrix_products_and_scan_iterations():
 def test_a_second_call_with_the_same_shapes_compiles_nothing(pipeline_and_batch, saved_workdir):
     """The train step, the eval step and translate are compiled once per shape (as Optax's tests guard)."""
     _, model_config, batch = pipeline_and_batch
-    tx = make_optimizer(TrainConfig())
+    tx = make_optimizer(STEP_TRAIN_CONFIG)
     graphdef, state = init_state(build("bahdanau", model_config), tx)
     train_step, eval_nll = make_train_step(graphdef, tx), make_eval_nll(graphdef)
     _, translator = saved_workdir
