@@ -56,6 +56,10 @@ def pipeline_and_batch(data_dir):
     return pipeline, model_config, collate(src_ids, tgt_ids, np.arange(8), 8)
 
 
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def losses(workdir):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r]
@@ -99,10 +103,38 @@ def test_four_devices_give_single_device_numbers(pipeline_and_batch):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("batching", [{}, {"batch_tokens": 80, "log_every": 3}], ids=["sentences", "tokens"])
-def test_interrupted_then_resumed_run_reproduces_losses(tmp_path, data_dir, batching):
+# The 8-step run several tests read (6 steps an epoch: it crosses one): logged and checkpointed every 4 steps
+LOGGED = dict(log_every=4, checkpoint_every=4)
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory, data_dir):
+    """The 8-step :data:`LOGGED` run, with every device-to-host read of its loop recorded and
+    implicit reads refused (the transfer guard would raise on a float() of a device array):
+    ``(workdir, train's result, the reads)``."""
+    workdir, reads = tmp_path_factory.mktemp("logged"), []
+    real = metrics_log.read_metrics
+
+    def counted(pending):
+        reads.append(pending)
+        return real(pending)
+
+    with pytest.MonkeyPatch.context() as patch, jax.numpy_dtype_promotion("standard"):
+        patch.setattr(metrics_log, "read_metrics", counted)
+        with jax.transfer_guard_device_to_host("disallow"):
+            result = train(tiny_config(max_steps=8, **LOGGED), workdir, data_dir, progress=False)
+    return workdir, result, reads
+
+
+@pytest.mark.parametrize("batching", [LOGGED, {"batch_tokens": 80, "log_every": 3}], ids=["sentences", "tokens"])
+def test_interrupted_then_resumed_run_reproduces_losses(tmp_path, data_dir, batching, logged_run):
+    """Stopped after step 5, resumed from the checkpoint at step 4: the losses of the run without
+    a stop (for sentence batches: :func:`logged_run`'s)."""
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
-    train(tiny_config(max_steps=8, **batching), uninterrupted, data_dir, progress=False)  # 6 steps an epoch: crosses one
+    if batching is LOGGED:
+        uninterrupted = logged_run[0]
+    else:
+        train(tiny_config(max_steps=8, **batching), uninterrupted, data_dir, progress=False)
     train(tiny_config(max_steps=5, **batching), interrupted, data_dir, progress=False)
     shutil.rmtree(interrupted / "checkpoints" / "5")  # the run "died" after the checkpoint at step 4
     result = train(tiny_config(max_steps=8, **batching), interrupted, data_dir, progress=False)
@@ -156,13 +188,13 @@ def test_restoring_into_another_config_names_parameter_and_shapes(saved_workdir,
         zoo.load(other)
 
 
-def test_workdir_refuses_another_config(tmp_path, data_dir):
-    train(tiny_config(max_steps=1), tmp_path, data_dir, progress=False)
-    before = (tmp_path / "config.json").read_text()
+def test_workdir_refuses_another_config(data_dir, logged_run):
+    workdir = logged_run[0]
+    before = snapshot(workdir)
     bigger = dataclasses.replace(tiny_config(), model=dataclasses.replace(TINY_MODEL, hidden_dim=32))
     with pytest.raises(ZooError, match=r"model\.hidden_dim=16, not 32"):
-        train(bigger, tmp_path, data_dir, progress=False)
-    assert (tmp_path / "config.json").read_text() == before
+        train(bigger, workdir, data_dir, progress=False)
+    assert snapshot(workdir) == before
 
 
 def test_teacher_forcing_ratio_ends_are_teacher_forced_and_free_running(pipeline_and_batch):
@@ -207,14 +239,13 @@ def test_save_load_models_with_layer_lists(name, pipeline_and_batch, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_loop_reads_the_device_once_per_log_interval(tmp_path, data_dir, monitoring_reads):
-    """8 steps, log_every=4, an epoch of 6 steps: reads after steps 4, 6 (epoch end) and 8, and none
-    implicit (the transfer guard would raise on a float() of a device array)."""
-    with jax.transfer_guard_device_to_host("disallow"):
-        result = train(tiny_config(max_steps=8, log_every=4, checkpoint_every=100), tmp_path, data_dir, progress=False)
+def test_loop_reads_the_device_once_per_log_interval(logged_run):
+    """8 steps, log_every=4 (and checkpoints every 4, which read the same metrics), an epoch of 6
+    steps: reads after steps 4, 6 (epoch end) and 8, and none implicit (:func:`logged_run`)."""
+    workdir, result, reads = logged_run
     assert result["step"] == 8
-    assert [len(pending) for pending in monitoring_reads] == [4, 2, 2]
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [len(pending) for pending in reads] == [4, 2, 2]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     intervals = [r for r in records if r.get("event") == "interval"]
     assert [(r["step"], r["steps"]) for r in intervals] == [(4, 4), (6, 2), (8, 2)]
     for r in intervals:
@@ -224,20 +255,6 @@ def test_loop_reads_the_device_once_per_log_interval(tmp_path, data_dir, monitor
     end = records[-1]
     assert end["event"] == "end" and (end["step"], end["epoch"], end["stopped_by"]) == (8, 1, None)
     assert 0 < end["wall_s"] <= result["wall_s"]
-
-
-@pytest.fixture
-def monitoring_reads(monkeypatch):
-    """Every call of the loop's one device-to-host read, with what it read."""
-    reads = []
-    real = metrics_log.read_metrics
-
-    def counted(pending):
-        reads.append(pending)
-        return real(pending)
-
-    monkeypatch.setattr(metrics_log, "read_metrics", counted)
-    return reads
 
 
 def test_the_host_stays_at_most_two_calls_ahead_of_the_device():
