@@ -63,3 +63,17 @@ def _prepared_data_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ZOO_PREPARED_DIR", str(tmp_path_factory.mktemp("prepared")))
         yield
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use a module-scoped fixture (a trained run, a compiled step, two processes) run on
+    one xdist worker, in one ``xdist_group`` a module (``--dist loadgroup``), so the fixture is built
+    once and not once a worker; the other tests spread over the workers one at a time. The groups,
+    the longest work units, are handed out first, so that no worker is left with one at the end."""
+    grouped = set()
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+            grouped.add(item)
+    items.sort(key=lambda item: item not in grouped)  # stable: collection order within each part
