@@ -6,13 +6,15 @@ distributions over the real source positions, and the evaluation counts show the
 scores for an attention decoder over m source and t target steps (t·(2D + 1) for local attention
 with its window of D), O(m + t) recurrent steps and no score for the models without attention.
 
-The forward passes run under ``jax.disable_jit()``: ``lax.scan`` then runs as a Python loop of
-cached single-op programs, far cheaper on a small CPU than compiling every scan of 16
-configurations. The gradients are compiled (eager autodiff is slow in Python), with XLA options
-that make compiling such small programs several times faster.
+Everything runs under ``jax.disable_jit()``, gradients included: ``lax.scan`` then runs as a
+Python loop of cached single-op programs, far cheaper on a small CPU than compiling a forward and
+a backward program for each of 18 configurations. Each configuration's forward passes, counts and
+gradients are computed once (:func:`_run`) and shared by its tests: the counted teacher-forced
+runs are the unpadded and garbage-read passes, the gradient's forward pass the padded one.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +57,7 @@ SRC = np.array([5, 7, 9], np.int32)
 SRC_PADDED = np.array([5, 7, 9, 10, 10], np.int32)  # garbage (non-<pad>) ids after src_length
 TGT_IN = np.array([BOS_ID, 4, 8], np.int32)
 TGT_OUT = np.array([4, 8, 3], np.int32)
+TGT_LONG = np.array([BOS_ID, 4, 8, 6, 11], np.int32)  # as long as SRC_PADDED: no new shapes
 
 
 @functools.cache
@@ -67,22 +70,53 @@ def _i32(a):
     return jnp.asarray(a, jnp.int32)
 
 
+PAIRS = [(3, 3), (5, 3), (3, 5)]  # (m source tokens, t target steps) of the counted runs
+
+
+class Run(NamedTuple):
+    """What the per-configuration tests read, computed once per configuration (see :func:`_run`)."""
+
+    unpadded: tuple  # teacher-forced (logits, weights) on SRC with src_length L
+    padded: tuple  # ... on SRC_PADDED with src_length L (garbage ids after it)
+    garbage_read: tuple  # ... on SRC_PADDED with its garbage counted as real tokens
+    counts: list  # per pair of PAIRS: (m, t, teacher-forced counts, greedy counts)
+    grads: list  # of the NLL on SRC_PADDED, TGT_OUT: without a key, with one (dropout on)
+
+
 @functools.cache
-def _teacher_forced(name):
-    """Teacher-forced (logits, weights) on the unpadded source, the padded one, and the padded one
-    with its garbage counted as real tokens."""
+def _run(name):
+    """The forward passes, evaluation counts and gradients of configuration ``name``, eagerly.
+
+    The counted teacher-forced runs of the first two pairs are the unpadded and the garbage-read
+    forward passes; the forward pass of the gradient without a key is the padded one."""
     model = _model(name)
-    with jax.disable_jit():
-        unpadded = model(_i32(SRC), jnp.int32(L), _i32(TGT_IN))
-        padded = model(_i32(SRC_PADDED), jnp.int32(L), _i32(TGT_IN))
-        garbage_read = model(_i32(SRC_PADDED), jnp.int32(len(SRC_PADDED)), _i32(TGT_IN))
-    return [tuple(np.asarray(a) for a in out) for out in (unpadded, padded, garbage_read)]
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p, key):
+        logits, weights = nnx.merge(graphdef, p, rest)(_i32(SRC_PADDED), jnp.int32(L), _i32(TGT_IN), key)
+        nll = -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits), _i32(TGT_OUT)[:, None], axis=-1))
+        return nll, (logits, weights)
+
+    inputs = [(SRC, TGT_IN), (SRC_PADDED, TGT_IN), (SRC, TGT_LONG)]
+    counts, forced_outputs = [], []
+    with jax.disable_jit():  # un-jitted: every score and recurrent step is recorded as it runs
+        for (m, t), (src, tgt) in zip(PAIRS, inputs, strict=True):
+            assert (len(src), len(tgt)) == (m, t)
+            with count_evaluations() as forced:
+                forced_outputs.append(tuple(np.asarray(a) for a in model(_i32(src), jnp.int32(m), _i32(tgt))))
+            with count_evaluations() as free:
+                greedy(model, model.encode(_i32(src), jnp.int32(m)), t)
+            counts.append((m, t, forced, free))
+        (_, padded), grads = jax.value_and_grad(loss, has_aux=True)(params, None)
+        grads_key, _ = jax.grad(loss, has_aux=True)(params, jax.random.key(0))
+    return Run(unpadded=forced_outputs[0], padded=tuple(np.asarray(a) for a in padded), garbage_read=forced_outputs[1],
+               counts=counts, grads=[nnx.to_pure_dict(g) for g in (grads, grads_key)])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_decode_step_reproduces_teacher_forcing(name):
     model = _model(name)
-    _, (logits_tf, weights_tf), _ = _teacher_forced(name)
+    logits_tf, weights_tf = _run(name).padded
     assert logits_tf.shape == (len(TGT_IN), TGT_V) and weights_tf.shape == (len(TGT_IN), len(SRC_PADDED))
     assert np.all(np.isfinite(logits_tf))
     with jax.disable_jit():
@@ -99,7 +133,8 @@ def test_decode_step_reproduces_teacher_forcing(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_source_padding_changes_nothing(name):
-    (logits, weights), (logits_pad, weights_pad), (logits_read, _) = _teacher_forced(name)
+    run = _run(name)
+    (logits, weights), (logits_pad, weights_pad), (logits_read, _) = run.unpadded, run.padded, run.garbage_read
     np.testing.assert_allclose(logits_pad, logits, rtol=0, atol=1e-5)
     np.testing.assert_allclose(weights_pad[:, :L], weights, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(weights_pad[:, L:], 0.0)
@@ -109,7 +144,7 @@ def test_source_padding_changes_nothing(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_attention_rows(name):
     model = _model(name)
-    _, (_, weights), _ = _teacher_forced(name)
+    _, weights = _run(name).padded
     real = weights[:, :L]
     np.testing.assert_array_equal(weights[:, L:], 0.0)  # padding: exactly zero
     if not model.has_attention:
@@ -130,23 +165,9 @@ def test_attention_rows(name):
         np.testing.assert_array_equal(weights[outside], 0.0)
 
 
-# XLA options that make the CPU compile of small programs several times faster (same results).
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_finite_and_nonzero_with_and_without_dropout(name):
-    model = _model(name)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def loss(p, key):
-        logits, _ = nnx.merge(graphdef, p, rest)(_i32(SRC_PADDED), jnp.int32(L), _i32(TGT_IN), key)
-        return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits), _i32(TGT_OUT)[:, None], axis=-1))
-
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
-    def grads(p, key):
-        return jax.grad(loss)(p, None), jax.grad(loss)(p, key)
-
-    grads = [nnx.to_pure_dict(g) for g in grads(params, jax.random.key(0))]
+    grads = _run(name).grads
     for g in grads:
         leaves = jax.tree.leaves(g)
         assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
@@ -160,19 +181,12 @@ def test_gradients_finite_and_nonzero_with_and_without_dropout(name):
     assert max(float(jnp.abs(a - b).max()) for a, b in zip(no_key, with_key)) > 1e-6
 
 
-PAIRS = [(3, 1), (5, 3), (3, 2)]  # (m source tokens, t target steps); m: shapes already compiled
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_evaluation_counts(name):
+    """Teacher forcing and greedy decoding alike: m·t scores with attention (W·t, W = min(2D + 1, m),
+    for local attention), and without it no score and layers·(m + t) recurrent steps."""
     model = _model(name)
-    for m, t in PAIRS:
-        src, tgt = _i32(np.arange(4, 4 + m)), _i32(np.arange(2, 2 + t))
-        with jax.disable_jit():  # un-jitted: every score and recurrent step is recorded as it runs
-            with count_evaluations() as forced:
-                model(src, jnp.int32(m), tgt)
-            with count_evaluations() as free:
-                greedy(model, model.encode(src, jnp.int32(m)), t)
+    for m, t, forced, free in _run(name).counts:
         if model.has_attention:  # local attention: only its window's W = min(2D + 1, m) positions
             local = getattr(model.config, "attention", "global") != "global"
             per_step = min(2 * model.config.window + 1, m) if local else m
@@ -180,7 +194,7 @@ def test_evaluation_counts(name):
         else:
             assert forced["scores"] == 0 and free["scores"] == 0
             layers = model.config.num_layers if name.startswith("sutskever") else 1
-            assert forced["recurrent_steps"] == layers * (m + t), (m, t, forced)
+            assert forced["recurrent_steps"] == free["recurrent_steps"] == layers * (m + t), (m, t, forced, free)
 
 
 def test_score_count_under_jit():
@@ -192,16 +206,6 @@ def test_score_count_under_jit():
         forward = jax.jit(lambda s: nnx.merge(graphdef, s)(src, jnp.int32(m), tgt), compiler_options=FAST_COMPILE)
         jax.block_until_ready(forward(state))
     assert counts["scores"] == m * t
-
-
-@pytest.mark.parametrize("name", ["sutskever", "cho"])
-def test_greedy_decoding_counts_its_recurrent_steps(name):
-    model = _model(name)
-    m, t = 3, 2
-    layers = model.config.num_layers if name == "sutskever" else 1
-    with jax.disable_jit(), count_evaluations() as counts:
-        greedy(model, model.encode(_i32(np.arange(4, 4 + m)), jnp.int32(m)), t)
-    assert counts["recurrent_steps"] == layers * m + layers * t  # as teacher forcing counts (see above)
 
 
 def test_sutskever_reverse_source_reverses_the_real_tokens():
