@@ -194,19 +194,16 @@ def _zoo_final_states(cell, carries, bidirectional):
 
 
 def _compare(torch, tm, module, cell, bidirectional, xs, lengths):
-    """Run torch (packed when lengths are given) and zoo (vmapped with seq_length) on xs (B, T, D)."""
+    """Run torch (packed) and zoo (vmapped with seq_length) on xs (B, T, D) with ``lengths``."""
     x_t = torch.from_numpy(xs)
     with torch.no_grad():
-        if lengths is None:
-            out_t, state_t = tm(x_t)
-        else:
-            packed = torch.nn.utils.rnn.pack_padded_sequence(x_t, torch.tensor(lengths), batch_first=True,
-                                                             enforce_sorted=False)
-            out_p, state_t = tm(packed)
-            out_t, _ = torch.nn.utils.rnn.pad_packed_sequence(out_p, batch_first=True, total_length=T)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x_t, torch.tensor(lengths), batch_first=True,
+                                                         enforce_sorted=False)
+        out_p, state_t = tm(packed)
+        out_t, _ = torch.nn.utils.rnn.pad_packed_sequence(out_p, batch_first=True, total_length=T)
     h_t, c_t = state_t if cell == "lstm" else (state_t, None)
 
-    seq_length = jnp.asarray(np.full(B, T) if lengths is None else np.asarray(lengths), jnp.int32)
+    seq_length = jnp.asarray(np.asarray(lengths), jnp.int32)
     out_z, carries = jax.jit(jax.vmap(lambda x, n: module(x, n)))(jnp.asarray(xs, jnp.float32), seq_length)
     h_z, c_z = _zoo_final_states(cell, carries, bidirectional)
 
@@ -217,22 +214,12 @@ def _compare(torch, tm, module, cell, bidirectional, xs, lengths):
 
 
 @pytest.mark.parametrize("cell,num_layers,bidirectional", CONFIGS)
-def test_matches_torch(cell, num_layers, bidirectional):
+def test_matches_torch_on_a_packed_padded_batch(cell, num_layers, bidirectional):
+    """Unsorted lengths with padding, one row full-length: torch packs, zoo masks with seq_length
+    under vmap; real positions and final states agree (torch pads its outputs with zeros, as zoo does)."""
     torch = pytest.importorskip("torch")
     tm = _torch_module(torch, cell, num_layers, bidirectional, seed=10 + num_layers)
     module = _zoo_from_torch(tm, cell, num_layers, bidirectional)
-    xs = np.random.default_rng(0).standard_normal((B, T, D)).astype(F32)
-    _compare(torch, tm, module, cell, bidirectional, xs, None)
-
-
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_matches_torch_packed_padded_batch(cell, bidirectional):
-    """Unsorted lengths with padding: torch packs, zoo masks with seq_length under vmap; real
-    positions and final states agree (torch pads its outputs with zeros, as zoo does)."""
-    torch = pytest.importorskip("torch")
-    tm = _torch_module(torch, cell, 2, bidirectional, seed=7)
-    module = _zoo_from_torch(tm, cell, 2, bidirectional)
     xs = np.random.default_rng(1).standard_normal((B, T, D)).astype(F32)
     lengths = [3, T, 1]
     xs[0, 3:] = 100.0  # garbage in the padding must not leak into anything
@@ -390,11 +377,18 @@ def test_attention_matches_torch():
     causal = ~np.tril(np.ones((S_LEN, S_LEN), bool))
     cases = [(q, kv, {"key_padding_mask": torch.from_numpy(padding)}, (S_LEN - 1, False)),
              (kv, kv, {"attn_mask": torch.from_numpy(causal)}, (None, True))]
-    for x_q, x_kv, torch_masks, (key_length, is_causal) in cases:
+    graphdef, state = nnx.split(module)
+
+    @jax.jit  # both cases in one program
+    def zoo_cases(state):
+        attention = nnx.merge(graphdef, state)
+        return [attention(jnp.asarray(x_q), jnp.asarray(x_kv), key_length, is_causal, return_weights=True)
+                for x_q, x_kv, _, (key_length, is_causal) in cases]
+
+    for (x_q, x_kv, torch_masks, _), (out_z, w_z) in zip(cases, zoo_cases(state), strict=True):
         with torch.no_grad():
             out_t, w_t = tm(torch.from_numpy(x_q), torch.from_numpy(x_kv), torch.from_numpy(x_kv),
                             average_attn_weights=False, **torch_masks)
-        out_z, w_z = module(jnp.asarray(x_q), jnp.asarray(x_kv), key_length, is_causal, return_weights=True)
         assert w_z.shape == tuple(w_t.shape) == (HEADS, x_q.shape[0], x_kv.shape[0])
         np.testing.assert_allclose(np.asarray(out_z), out_t.numpy(), atol=1e-5)
         np.testing.assert_allclose(np.asarray(w_z), w_t.numpy(), atol=1e-5)
@@ -419,16 +413,23 @@ def test_transformer_matches_torch():
         out_t = tm(torch.from_numpy(src)[None], torch.from_numpy(tgt)[None], tgt_mask=tgt_mask, tgt_is_causal=True,
                    src_key_padding_mask=padding, memory_key_padding_mask=padding)[0]
 
-    positions, tgt_positions, src_length = jnp.arange(S_LEN), jnp.arange(T_LEN), S_LEN - 1
-    x = jnp.asarray(src)
-    for layer in model.encoder:
-        x = layer(x, positions, src_length)
-    x = model.encoder_norm(x)
-    cross_kv = [layer.cross_attention.keys_values(x, positions) for layer in model.decoder]
-    y = jnp.asarray(tgt)
-    for layer, kv in zip(model.decoder, cross_kv):
-        y, _, _ = layer(y, tgt_positions, kv, src_length)
-    y = model.decoder_norm(y)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit  # the layers in one program
+    def zoo_layers(state):
+        model = nnx.merge(graphdef, state)
+        positions, tgt_positions, src_length = jnp.arange(S_LEN), jnp.arange(T_LEN), S_LEN - 1
+        x = jnp.asarray(src)
+        for layer in model.encoder:
+            x = layer(x, positions, src_length)
+        x = model.encoder_norm(x)
+        cross_kv = [layer.cross_attention.keys_values(x, positions) for layer in model.decoder]
+        y = jnp.asarray(tgt)
+        for layer, kv in zip(model.decoder, cross_kv):
+            y, _, _ = layer(y, tgt_positions, kv, src_length)
+        return x, model.decoder_norm(y)
+
+    x, y = zoo_layers(state)
 
     np.testing.assert_allclose(np.asarray(x)[src_mask], memory_t.numpy()[src_mask], atol=1e-5)
     np.testing.assert_allclose(np.asarray(y), out_t.numpy(), atol=1e-5)
