@@ -69,8 +69,9 @@ def pytest_collection_modifyitems(items):
     """Tests that use a module-scoped fixture (a trained run, a compiled step, two processes) run on
     one xdist worker, in one ``xdist_group`` a module (``--dist loadgroup``), so the fixture is built
     once and not once a worker; the other tests spread over the workers one at a time. The groups,
-    the longest work units, are handed out first, so that no worker is left with one at the end."""
-    grouped = set()
+    the longest work units, are handed out first, so that no worker is left with one at the end.
+    A module whose tests share another cache says so with its own ``xdist_group`` mark."""
+    grouped = {item for item in items if item.get_closest_marker("xdist_group")}
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
         if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):

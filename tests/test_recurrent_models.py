@@ -60,6 +60,10 @@ TGT_OUT = np.array([4, 8, 3], np.int32)
 TGT_LONG = np.array([BOS_ID, 4, 8, 6, 11], np.int32)  # as long as SRC_PADDED: no new shapes
 
 
+# the tests of a configuration share _run's cache: one xdist worker runs them all (tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("tests/test_recurrent_models.py")
+
+
 @functools.cache
 def _model(name):
     model_name, extra = CONFIGS[name]
