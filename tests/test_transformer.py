@@ -4,7 +4,9 @@ and separate embeddings.
 For each: cached step-by-step decoding reproduces teacher forcing, the decoder ignores the
 future bit for bit, source padding changes nothing, attention rows are distributions over the
 real source positions for every layer and head, and gradients are finite and non-zero. Forward
-passes run eagerly (``jax.disable_jit()``): cheaper than compiling each tiny model.
+passes run eagerly (``jax.disable_jit()``): cheaper than compiling each tiny model, and the
+padded source has the target's length, so that most single-op programs serve both. Checks with
+nothing layer-specific compile a 1-layer model (``ONE_LAYER``).
 """
 
 import functools
@@ -30,6 +32,7 @@ SRC_V, TGT_V, LAYERS, HEADS = 11, 13, 2, 2
 POSITIONAL = typing.get_args(Positional)
 TINY = dict(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, d_model=8, num_heads=HEADS, d_ff=16, num_encoder_layers=LAYERS,
             num_decoder_layers=LAYERS, max_length=8, max_relative_position=2)
+ONE_LAYER = {**TINY, "num_encoder_layers": 1, "num_decoder_layers": 1}
 CONFIGS = {
     **{pos: {"positional": pos} for pos in POSITIONAL},
     "post-ln": {"norm": "post"},
@@ -39,13 +42,13 @@ NAMES = list(CONFIGS)
 
 L = 3
 SRC = np.array([5, 7, 9], np.int32)
-SRC_PADDED = np.array([5, 7, 9, 10, 10], np.int32)  # garbage (non-<pad>) ids after src_length
+SRC_PADDED = np.array([5, 7, 9, 10], np.int32)  # a garbage (non-<pad>) id after src_length
 TGT_IN = np.array([BOS_ID, 4, 8, 6], np.int32)
 
 
 @functools.cache
-def _model(name):
-    return models.build("transformer", **TINY, **CONFIGS[name])
+def _model(name, sizes="TINY"):
+    return models.build("transformer", **{"TINY": TINY, "ONE_LAYER": ONE_LAYER}[sizes], **CONFIGS[name])
 
 
 def _i32(a):
@@ -99,7 +102,9 @@ def test_source_padding_changes_nothing_and_rows_are_distributions(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_with_dropout_are_finite_and_reach_every_parameter(name):
-    model = _model(name)
+    """Every layer's parameters on the sinusoidal model (2 layers); each other variant's own
+    parameters (position tables, Shaw's embeddings, the output layer, post-LN) on 1 layer."""
+    model = _model(name, "TINY" if name == "sinusoidal" else "ONE_LAYER")
     graphdef, params = nnx.split(model, nnx.Param)
     example = {"src": _i32(SRC_PADDED), "src_length": jnp.int32(L), "tgt_in": _i32(TGT_IN),
                "tgt_out": _i32([4, 8, 6, 3]), "tgt_length": jnp.int32(4)}
@@ -115,12 +120,16 @@ def test_gradients_with_dropout_are_finite_and_reach_every_parameter(name):
 
 
 def test_beam_search_returns_every_layer_and_head():
+    """A beam of 1 is greedy decoding, weights of every layer and head included. Greedy runs eagerly
+    (the decoding test's single-op programs); the beam search, vmapped over the beam, compiled."""
     model = _model("sinusoidal")
     with jax.disable_jit():
-        memory = model.encode(_i32(SRC), jnp.int32(L))
+        memory = model.encode(_i32(SRC_PADDED), jnp.int32(L))
         tokens, _, weights = greedy(model, memory, 5)
-        beam_tokens, beam_weights = beam_search(model, memory, 1, 5)
-    assert beam_weights.shape == (5, LAYERS, HEADS, L)
+    beam = jax.jit(lambda memory: beam_search(model, memory, 1, 5))
+    beam_tokens, beam_weights = beam.lower(memory).compile(FAST_COMPILE)(memory)
+    assert beam_weights.shape == (5, LAYERS, HEADS, len(SRC_PADDED))
+    np.testing.assert_array_equal(beam_weights[..., L:], 0.0)
     np.testing.assert_array_equal(beam_tokens, tokens)
     np.testing.assert_allclose(beam_weights, weights, atol=1e-6)
 
@@ -155,9 +164,11 @@ def test_label_smoothing_cross_entropy_by_hand(standard_dtype_promotion):
 @pytest.mark.parametrize("positional", [p for p in POSITIONAL if p != "shaw"])
 def test_xla_and_blocked_training_paths_equal_the_reference(positional):
     """Loss and gradients, float32, padded sources (one of length 1), causal decoder; blocks of 4
-    keys: two blocks for the 7 source positions, the last one padded."""
-    assert_paths_equal_reference(lambda impl: models.build("transformer", **TINY, positional=positional, attention_impl=impl,
-                                                           attention_block_size=4), padded_batch(SRC_V, TGT_V))
+    keys: two blocks for the 7 source positions, the last one padded. One layer: each attention
+    (encoder, causal decoder, cross) of each path is in it."""
+    assert_paths_equal_reference(lambda impl: models.build("transformer", **ONE_LAYER, positional=positional,
+                                                           attention_impl=impl, attention_block_size=4),
+                                 padded_batch(SRC_V, TGT_V))
 
 
 def test_shaw_stays_on_the_reference_path():
@@ -181,10 +192,11 @@ def _attention_maps(hlo: str, sizes) -> list:
 def test_the_training_step_holds_no_attention_maps(standard_dtype_promotion):
     """The compiled step with blocked attention has no (B, N, T, S), (B, N, S, S) or (B, N, T, T)
     float tensor; the reference path (the check's control) has them. (XLA's own attention
-    materialises its logits on a CPU: the "xla" path is no example there.)"""
+    materialises its logits on a CPU: the "xla" path is no example there.) One layer: the maps
+    are per attention, not per layer."""
     batch, sizes, tx = padded_batch(SRC_V, TGT_V), (3, HEADS, 5, 7), make_optimizer(TrainConfig())
     for impl, expect_maps in (("blocked", False), ("reference", True)):
-        model = models.build("transformer", **TINY, attention_impl=impl, attention_block_size=4)
+        model = models.build("transformer", **ONE_LAYER, attention_impl=impl, attention_block_size=4)
         graphdef, state = init_state(model, tx)
         step = make_train_step(graphdef, tx)
         hlo = step.lower(state, batch, jax.random.key(0)).compile(FAST_COMPILE).as_text()
