@@ -21,15 +21,16 @@ from zoo.training import init_state, make_optimizer, make_train_step
 SRC_V, TGT_V = 11, 13
 TINY = dict(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, embed_dim=8, hidden_dim=16, num_encoder_layers=2,
             num_decoder_layers=2, kernel_size=3, max_length=16)
+ONE_LAYER = {**TINY, "num_encoder_layers": 1, "num_decoder_layers": 1}  # where nothing is per layer
 B, T, S = 3, 5, 7
 
 
 
 def test_xla_and_blocked_training_paths_equal_the_reference():
     """Loss and gradients, float32, padded sources; blocks of 4 keys: two blocks for the 7 source
-    positions, the last one padded."""
+    positions, the last one padded. One layer: the decoder's one attention is in it."""
     def build(impl):
-        model = models.build("convs2s", **TINY, attention_impl=impl, attention_block_size=4)
+        model = models.build("convs2s", **ONE_LAYER, attention_impl=impl, attention_block_size=4)
         assert model.attention_impl == impl
         return model
 
@@ -59,10 +60,11 @@ def _attention_maps(text: str) -> list:
 def test_the_training_step_holds_no_attention_maps(standard_dtype_promotion):
     """The blocked training step has no float (B, T, S) or (B, 1, T, S) tensor, neither in the
     program JAX traces (StableHLO) nor in the one XLA compiles; the reference path's traced step
-    (the check's control) has them. (XLA's own attention materialises its logits on a CPU.)"""
+    (the check's control) has them. (XLA's own attention materialises its logits on a CPU.) One
+    layer: the maps are per attention, not per layer."""
     batch, tx = padded_batch(SRC_V, TGT_V, S, T), make_optimizer(TrainConfig())
     for impl in ("blocked", "reference"):
-        model = models.build("convs2s", **TINY, attention_impl=impl, attention_block_size=4)
+        model = models.build("convs2s", **ONE_LAYER, attention_impl=impl, attention_block_size=4)
         graphdef, state = init_state(model, tx)
         lowered = make_train_step(graphdef, tx).lower(state, batch, jax.random.key(0))
         if impl == "reference":
