@@ -90,16 +90,19 @@ def test_bfloat16_loss_and_gradients_follow_float32(name):
     0.975 (the others 0.99999), most likely a maxout unit whose two inputs round to a different
     winner in bfloat16."""
     batch = _batch()
-    # same seed: the same float32 parameters; both dtypes in one compiled program
-    graphdefs, params = zip(*(nnx.split(_build(name, dtype)) for dtype in ("float32", "bfloat16")))
+    results = []
+    for dtype in ("float32", "bfloat16"):
+        graphdef, params = nnx.split(_build(name, dtype))  # same seed: the same float32 parameters
 
-    def losses(params):
-        return [jax.value_and_grad(lambda p, g=g: (lambda nll, n: nll / n)(*batch_nll(g, p, batch)))(p)
-                for g, p in zip(graphdefs, params)]
+        def loss(params):
+            nll, n = batch_nll(graphdef, params, batch)
+            return nll / n
 
-    traced = jax.jit(losses).trace(params)  # the zoo's code under strict promotion
-    with jax.numpy_dtype_promotion("standard"):  # JAX's lowering of a BF16_BF16_F32 dot promotes dtypes
-        (loss32, grads32), (loss16, grads16) = traced.lower().compile(FAST_COMPILE)(params)
+        traced = jax.jit(jax.value_and_grad(loss)).trace(params)  # the zoo's code under strict promotion
+        with jax.numpy_dtype_promotion("standard"):  # JAX's lowering of a BF16_BF16_F32 dot promotes dtypes
+            value_and_grad = traced.lower().compile(FAST_COMPILE)
+        results.append(value_and_grad(params))
+    (loss32, grads32), (loss16, grads16) = results
     assert loss16.dtype == jnp.float32
     np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
     assert {leaf.dtype for leaf in jax.tree.leaves(grads16)} == {jnp.dtype(jnp.float32)}
