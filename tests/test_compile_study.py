@@ -77,9 +77,10 @@ def test_rows_of_another_libtpu_or_vocabulary_are_compiled_again(tmp_path, fake)
 
 def test_the_model_table_pairs_the_default_and_paper_size(tmp_path, fake):
     results = run(tmp_path, search_on=())
-    results["rows"][3]["largest"] = {"batch_tokens": 140_000, "predicted": None, "tried": []}  # large bfloat16
+    results["rows"][3]["largest"] = {"batch_tokens": 140_000, "predicted": None,  # large bfloat16
+                                     "tried": [[8192, 1.8e9], [280_000, None], [140_000, 15e9]]}
     lines = study.model_table(results).splitlines()
     assert lines[0] == ("| model | params | tpu:v5e-8 HBM a chip (GB) | tpu:v5e-8 roofline step (ms) "
                         "| largest batch_tokens on tpu:v5e-8 |")
     # bfloat16: default 2,048 tokens (1.2048 GB, 0.2048 ms), large 8,192 tokens (1.8192 GB, 0.8192 ms)
-    assert lines[2] == "| transformer | 1.0 M / 1.0 M | 1.20 / 1.82 | 0.20 / 0.82 | – / 140,000 |"
+    assert lines[2] == "| transformer | 1.0 M / 1.0 M | 1.20 / 1.82 | 0.20 / 0.82 | – / ≥ 140,000, < 280,000 |"

@@ -245,7 +245,8 @@ def row_line(row: dict) -> str:
 def model_table(results: dict, dtype: str = "bfloat16") -> str:
     """The Markdown summary: one line a model, in ``dtype``, at its default and its paper size
     ("default / paper"): parameters, HBM a chip and the roofline step time on each topology, and
-    the largest ``batch_tokens`` the search found. Empty cells: a row not compiled (or not fitting)."""
+    the search's bracket of the largest ``batch_tokens`` that fits (≥ a size that fit, < one that
+    did not). "–": a row not compiled, not fitting or not searched."""
     rows = {(r["model"], r["size"], r["topology"]): r for r in results["rows"] if r["dtype"] == dtype}
     models = list(dict.fromkeys(r["model"] for r in results["rows"]))
     topologies = list(dict.fromkeys(r["topology"] for r in results["rows"]))
@@ -268,10 +269,18 @@ def model_table(results: dict, dtype: str = "bfloat16") -> str:
             cells += [pair(model, t, lambda r: f"{r['peak_bytes'] / 1e9:.2f}"),
                       pair(model, t, lambda r: f"{r['roofline_s'] * 1e3:.2f}")]
         for t in searched:
-            cells.append(pair(model, t, lambda r: f"{r['largest']['batch_tokens']:,}" if r.get("largest") and
-                              r["largest"]["batch_tokens"] else "–"))
+            cells.append(pair(model, t, _bracket))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _bracket(row: dict) -> str:
+    """The search's answer as "≥ the largest size that fit, < the smallest that did not"."""
+    found = row.get("largest")
+    if not found or not found["batch_tokens"]:
+        return "–"
+    fails = [n for n, peak in found["tried"] if peak is None]
+    return f"≥ {found['batch_tokens']:,}" + (f", < {min(fails):,}" if fails else "")
 
 
 def compile_table(results: dict) -> str:
