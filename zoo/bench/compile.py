@@ -179,9 +179,11 @@ def run_compile_study(out: Path, models=None, topologies=DEFAULT_TOPOLOGIES, siz
     if earlier:
         previous = read_json(out / "compile.json")
         results["earlier_runs"] = [*previous.get("earlier_runs", []), previous["setting"]]
-    def save():
+    def save():  # with the earlier rows this run has not reached yet, so that a cut never loses one
         results.update(seconds=time.perf_counter() - start, load_average=os.getloadavg())
-        write_json(results, out / "compile.json")
+        reached = {row_key(r) for r in results["rows"]}
+        write_json({**results, "rows": results["rows"] + [r for k, r in earlier.items() if k not in reached]},
+                   out / "compile.json")
         (out / "compile.md").write_text(f"{model_table(results)}\n\n{compile_table(results)}\n")
         compile_plot(results, out / "compile.png")
 
