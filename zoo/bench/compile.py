@@ -175,9 +175,9 @@ def run_compile_study(out: Path, models=None, topologies=DEFAULT_TOPOLOGIES, siz
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results = {"setting": setting,
                "vocab": corpus.vocab, "large": LARGE, "large_batch_tokens": LARGE_BATCH_TOKENS, "rows": []}
-    earlier = earlier_rows(out / "compile.json", results)
-    if earlier:
-        previous = read_json(out / "compile.json")
+    previous = earlier_run(out / "compile.json", results)
+    earlier = {row_key(r): r for r in previous["rows"]} if previous else {}
+    if previous:
         results["earlier_runs"] = [*previous.get("earlier_runs", []), previous["setting"]]
     def save():  # with the earlier rows this run has not reached yet, so that a cut never loses one
         results.update(seconds=time.perf_counter() - start, load_average=os.getloadavg())
@@ -220,16 +220,14 @@ def row_key(row: dict) -> tuple:
     return tuple(row[k] for k in ("model", "size", "dtype", "topology", "batch_tokens", "batch_size"))
 
 
-def earlier_rows(path: Path, results: dict) -> dict:
-    """The rows of an earlier ``compile.json`` at ``path`` (by :func:`row_key`) that ``results``
-    may keep: same libtpu, vocabularies, large sizes and batch; {} when there is no such file."""
+def earlier_run(path: Path, results: dict) -> dict | None:
+    """The earlier ``compile.json`` at ``path`` if ``results`` may keep its rows (same libtpu,
+    vocabularies and large sizes; each row's batch is in :func:`row_key`), else None."""
     if not path.exists():
-        return {}
+        return None
     previous = read_json(path)
     same = all(previous.get(k) == results[k] for k in ("vocab", "large", "large_batch_tokens"))
-    if not same or previous["setting"].get("libtpu") != results["setting"]["libtpu"]:
-        return {}
-    return {row_key(r): r for r in previous["rows"]}
+    return previous if same and previous["setting"].get("libtpu") == results["setting"]["libtpu"] else None
 
 
 def _batch(row: dict) -> str:
@@ -265,8 +263,7 @@ def model_table(results: dict, dtype: str = "bfloat16") -> str:
     head += [f"largest batch_tokens on {t}" for t in searched]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model in models:
-        any_topology = topologies[0]
-        cells = [model, pair(model, any_topology, lambda r: f"{r['num_params'] / 1e6:.1f} M")]
+        cells = [model, pair(model, topologies[0], lambda r: f"{r['num_params'] / 1e6:.1f} M")]
         for t in topologies:
             cells += [pair(model, t, lambda r: f"{r['peak_bytes'] / 1e9:.2f}"),
                       pair(model, t, lambda r: f"{r['roofline_s'] * 1e3:.2f}")]
