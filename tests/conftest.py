@@ -1,12 +1,12 @@
 """Session-wide JAX settings for the test suite.
 
 * 4 host (CPU) devices for the whole session, so that sharding tests can run anywhere. This has
-  to happen before JAX initialises its backends, hence before ``import jax``.
+  to happen before JAX initialises its backends (at the first device query, not at ``import jax``).
 * Strict dtype promotion and no implicit rank promotion (as Equinox's tests do): mixing
   float32 with int32, or (S, H) + (H,), raises instead of silently promoting/broadcasting.
 * float32 everywhere (x64 off).
-* XLA's fast-compile options (backend optimisation level 0, no expensive LLVM passes, the older
-  loop emitters, one LLVM module a program: zoo.bench.measure.FAST_COMPILE): the tests'
+* XLA's fast-compile options (``zoo.bench.measure.FAST_COMPILE``: backend optimisation level 0, no
+  expensive LLVM passes, the older loop emitters, one LLVM module a program): the tests'
   programs are small and run a few times, so compiling dominates; results agree up to rounding.
   In ``XLA_FLAGS``, so that the subprocesses the tests start (``train.py``, several processes)
   inherit them too.
@@ -21,9 +21,10 @@ import os
 import shutil
 import tempfile
 
+from zoo.bench.measure import FAST_COMPILE  # imports jax but starts no backend: XLA_FLAGS is read at the first
+
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count=4"
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                      "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1")  # measure.FAST_COMPILE
+FAST_COMPILE_FLAGS = " ".join(f"--{name}={str(value).lower()}" for name, value in FAST_COMPILE.items())
 os.environ.setdefault("XLA_FLAGS", f"{DEVICE_COUNT_FLAG} {FAST_COMPILE_FLAGS}")
 
 if "ZOO_COMPILATION_CACHE" not in os.environ:  # the first process of the session (xdist's workers inherit it)
