@@ -192,19 +192,34 @@ def test_built_for_a_gpu_the_bfloat16_transformer_takes_cudnn_attention():
     assert implementations() == {"xla"}  # this CPU machine's own answer, restored
 
 
-@pytest.mark.parametrize("memory, start, found, tried", [
-    # HBM grows faster than the batch: the line's prediction (134749, rounded down) does not fit; one bisection
-    (lambda n: 2e9 + 1e5 * n + 0.1 * n**2, 8192, 83712, [8192, 32768, 134656, 83712]),
-    # the first size does not fit: shrink ×4, then bisect
-    (lambda n: 2e9 + 1e6 * n, 32768, 8192, [32768, 8192, 20480, 14336]),
-    # HBM grows slower than the line (XLA reuses buffers): a fitting prediction far below the HBM predicts again
-    (lambda n: 1e9 + 1e7 * n**0.5 + 3e4 * n, 8192, 300800, [8192, 32768, 215296, 300800]),
+@pytest.mark.parametrize("memory, start, said, found, tried", [
+    # HBM grows faster than the batch: the line's size (aimed at 0.97 x 16e9) does not fit; XLA states
+    # its need (16.7e9), and the secant through it and 32768 lands at 0.96 of the HBM (limit: 124,900)
+    (lambda n: 2e9 + 1e5 * n + 0.1 * n**2, 8192, True, 119808, [8192, 32768, 130048, 119808]),
+    # the same where XLA's line has no figure: bisect
+    (lambda n: 2e9 + 1e5 * n + 0.1 * n**2, 8192, False, 81408, [8192, 32768, 130048, 81408]),
+    # the first size does not fit: shrink x4, then the secant to 0.96 of the HBM (limit: 14,000)
+    (lambda n: 2e9 + 1e6 * n, 32768, True, 13312, [32768, 8192, 13312]),
+    (lambda n: 2e9 + 1e6 * n, 32768, False, 8192, [32768, 8192, 20480, 14336]),
+    # HBM grows slower than the line (XLA reuses buffers): a fitting size far below the HBM predicts again
+    (lambda n: 1e9 + 1e7 * n**0.5 + 3e4 * n, 8192, True, 289280, [8192, 32768, 208128, 289280]),
 ])
-def test_the_batch_search_finds_a_fitting_size_in_three_more_compiles(memory, start, found, tried):
-    compile_at = lambda n: {"fits": memory(n) <= 16e9, "peak_bytes": memory(n)}
+def test_the_batch_search_finds_a_fitting_size_in_three_more_compiles(memory, start, said, found, tried):
+    compile_at = lambda n: {"fits": memory(n) <= 16e9, "peak_bytes": memory(n) if said or memory(n) <= 16e9 else None}
     result = largest_batch_tokens(compile_at, start, compile_at(start), hbm=16e9)
-    assert result["batch_tokens"] == found and [n for n, _ in result["tried"]] == tried
-    assert all((peak is None) == (memory(n) > 16e9) for n, peak in result["tried"])
+    assert result["batch_tokens"] == found and [n for n, _, _ in result["tried"]] == tried
+    assert all(fits == (memory(n) <= 16e9) for n, _, fits in result["tried"])
+
+
+def test_the_batch_search_aims_under_the_hbm_that_xla_says_is_available():
+    # 16e9 of HBM, of which XLA offers 15e9: the first line (to 0.97 x 16e9) overshoots 15e9; the
+    # next aims at 0.97 x 15e9 = 14.55e9, i.e. N = 125,500, rounded down to 125,440
+    memory = lambda n: 2e9 + 1e5 * n
+    compile_at = lambda n: {"fits": memory(n) <= 15e9, "peak_bytes": memory(n),
+                            "available_bytes": None if memory(n) <= 15e9 else 15e9}  # XLA says it when it fails
+    result = largest_batch_tokens(compile_at, 8192, compile_at(8192), hbm=16e9)
+    assert [n for n, _, _ in result["tried"]] == [8192, 32768, 135168, 125440]
+    assert result["batch_tokens"] == 125440 and result["predicted"] == 130000
 
 
 def test_benchmark_compile_refuses_an_unknown_topology_in_one_line(capsys):

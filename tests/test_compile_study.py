@@ -78,7 +78,7 @@ def test_rows_of_another_libtpu_or_vocabulary_are_compiled_again(tmp_path, fake)
 def test_the_model_table_pairs_the_default_and_paper_size(tmp_path, fake):
     results = run(tmp_path, search_on=())
     results["rows"][3]["largest"] = {"batch_tokens": 140_000, "predicted": None,  # large bfloat16
-                                     "tried": [[8192, 1.8e9], [280_000, None], [140_000, 15e9]]}
+                                     "tried": [[8192, 1.8e9, True], [280_000, 29e9, False], [140_000, 15e9, True]]}
     lines = study.model_table(results).splitlines()
     assert lines[0] == ("| model | params | tpu:v5e-8 HBM a chip (GB) | tpu:v5e-8 roofline step (ms) "
                         "| largest batch_tokens on tpu:v5e-8 |")

@@ -127,7 +127,39 @@ TOPOLOGIES = {t.name: t for t in (
 
 
 class DoesNotFit(ZooError):
-    """The step needs more HBM a chip than the topology's chips have."""
+    """The step needs more HBM a chip than the topology's chips have.
+
+    Attributes:
+      required_bytes: what the step needs a chip, in bytes, where known (XLA's figure, or the state's).
+      available_bytes: what a chip offers, in bytes, where known (XLA's: below the chip's HBM, which
+        keeps some for itself).
+    """
+
+    def __init__(self, message: str, required_bytes: float | None = None, available_bytes: float | None = None):
+        super().__init__(message)
+        self.required_bytes, self.available_bytes = required_bytes, available_bytes
+
+
+# XLA:TPU's line for a program over the HBM, e.g. "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the
+# total memory required for HLO temporaries (23.39G) exceeds available HBM (15.75G)." (libtpu 0.0.42.1;
+# the figure counts arguments and outputs too: 23.39 GiB for a 11.7 GiB argument and its 11.7 GiB result)
+_XLA_HBM_LINE = re.compile(r"required for .*?\((\d+(?:\.\d+)?)([KMGT])\).*?available HBM \((\d+(?:\.\d+)?)([KMGT])\)")
+
+
+def xla_hbm_figures(message: str) -> tuple[float, float] | tuple[None, None]:
+    """XLA's required and available HBM in bytes from its out-of-memory line (its "G" are GiB), or
+    (None, None) where the line has another form.
+
+    Examples:
+      >>> xla_hbm_figures("Ran out of memory on HBM, the total memory required for HLO temporaries "
+      ...                 "(23.39G) exceeds available HBM (15.75G).")
+      (25114821263.36, 16911433728.0)
+    """
+    found = _XLA_HBM_LINE.search(message)
+    if not found:
+        return None, None
+    unit = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    return float(found[1]) * unit[found[2]], float(found[3]) * unit[found[4]]
 
 
 def topology(name: str) -> Topology:
@@ -368,7 +400,8 @@ def _compile_train_step(config: Config, topo: Topology, batch_shape: tuple[int, 
     state_bytes = _chip_bytes(state)
     if state_bytes > hbm:
         raise DoesNotFit(f"{config.model_name} does not fit {topo.name}: its training state alone takes "
-                         f"{state_bytes / 1e9:.2f} GB a chip, over the {hbm / 1e9:.2f} GB HBM of a {topo.chip.kind}")
+                         f"{state_bytes / 1e9:.2f} GB a chip, over the {hbm / 1e9:.2f} GB HBM of a {topo.chip.kind}",
+                         state_bytes, hbm)
     step = make_train_step(graphdef, tx, t.teacher_forcing, t.label_smoothing, state_sharding, k)
     tic = time.perf_counter()
     traced = step.trace(state, batch, key)
@@ -378,7 +411,8 @@ def _compile_train_step(config: Config, topo: Topology, batch_shape: tuple[int, 
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        raise DoesNotFit(f"{config.model_name} does not fit {topo.name}: XLA: {str(e).strip().splitlines()[0]}") from None
+        line = str(e).strip().splitlines()[0]
+        raise DoesNotFit(f"{config.model_name} does not fit {topo.name}: XLA: {line}", *xla_hbm_figures(line)) from None
     compile_s = time.perf_counter() - tic
     memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
     cost = cost or {}  # deviceless CUDA: no cost analysis (docs/accelerators.md)

@@ -42,7 +42,8 @@ LARGE = {
     "convs2s": {"embed_dim": 512, "hidden_dim": 512, "num_encoder_layers": 15, "num_decoder_layers": 15},  # WMT'14 En-Fr
 }
 SEARCH_COMPILES = 3  # compiles of the batch search beyond the row's own
-NEAR_HBM = 0.9  # a fitting prediction whose peak is this close to the HBM ends the search
+NEAR_HBM = 0.9  # a fitting size whose peak is this close to the limit ends the search
+AIM = 0.97  # the search aims its line a little under the limit, so that a near-straight peak still fits
 # where the search runs by default: the chip with the least HBM, where the limit bites (on a v5p's
 # 95 GiB it lies ~6x further and costs compiles of batches that large)
 SEARCH_TOPOLOGIES = ("tpu:v5e-8",)
@@ -79,8 +80,9 @@ class Corpus:
         try:
             with jax.numpy_dtype_promotion("standard"):
                 report, _ = compile_train_step(config, topo, shape)
-        except DoesNotFit as e:
-            return {"fits": False, "batch_shape": shape, "error": str(e)}
+        except DoesNotFit as e:  # with XLA's requirement and what a chip offers, where it said
+            return {"fits": False, "batch_shape": shape, "error": str(e), "peak_bytes": e.required_bytes,
+                    "available_bytes": e.available_bytes}
         record = dataclasses.asdict(report)
         record.update({name: getattr(report, name) for name in ("peak_bytes", "fits", "roofline_s", "tokens_per_step",
                                                                 "tokens_per_s", "mfu")})
@@ -90,49 +92,59 @@ class Corpus:
 def largest_batch_tokens(compile_at: Callable[[int], dict], start: int, first: dict, hbm: float,
                          budget: int = SEARCH_COMPILES) -> dict:
     """The largest ``batch_tokens`` that fits, from at most ``budget`` compiles after ``first`` (the
-    compile at ``start``, a dict with ``fits`` and ``peak_bytes``): while nothing failed, grow ×4
-    until two sizes fit, then try the size where the straight line through the last two peaks
-    meets ``hbm`` (HBM ≈ a + b·N: the state, plus activations ∝ the batch), rounded down to a
-    multiple of 256, until one fits within :data:`NEAR_HBM` of ``hbm`` (XLA often needs less
-    than the line: buffers are reused); once a size failed, bisect between the largest that
-    fitted and the smallest that did not (shrinking ×4 while none fitted). The answer is a
-    lower bound of the true limit, within the bisection's last step.
+    compile at ``start``): a secant search on the peak HBM a chip, which is close to a straight line
+    in the batch (HBM ≈ a + b·N: the state, plus activations ∝ the batch). While nothing failed, grow
+    ×4 until two sizes fit, then try where the line through the last two peaks meets
+    :data:`AIM` × the limit (rounded down to a multiple of 256); once a size failed, the line runs
+    through the largest size that fitted and the smallest that did not, whose peak XLA states in
+    its out-of-memory line (bisect where it did not say). The limit is the HBM, or XLA's smaller
+    "available HBM" once a failure stated it. The search ends when a size fits within
+    :data:`NEAR_HBM` of the limit, or when the next size is one already tried. The answer is a
+    lower bound of the true limit.
+
+    Args:
+      compile_at: N -> a dict with ``fits`` and ``peak_bytes`` (bytes a chip: XLA's requirement
+        where it does not fit, or None) and, where it does not fit, ``available_bytes`` (or None).
+      start: the N of ``first``. hbm: a chip's HBM in bytes.
 
     Returns:
       a dict: ``batch_tokens``, the largest fitting N compiled (None if none); ``predicted``, the
-      last line's N at ``hbm`` (None without two fitting sizes); ``tried``, ``[N, peak bytes or None]``
+      last line's N at the limit (None without a line); ``tried``, ``[N, peak bytes or None, fits]``
       of every compile in order.
 
     Examples:
       >>> memory = lambda n: {"fits": 2e9 + 1e5 * n <= 16e9, "peak_bytes": 2e9 + 1e5 * n}
       >>> found = largest_batch_tokens(memory, 8192, memory(8192), hbm=16e9)
-      >>> found["batch_tokens"], found["predicted"], [n for n, _ in found["tried"]]
-      (139776, 140000, [8192, 32768, 139776])
+      >>> found["batch_tokens"], found["predicted"], [n for n, _, _ in found["tried"]]
+      (135168, 140000, [8192, 32768, 135168])
     """
     tried = {start: first}
     predicted = None
     for _ in range(budget):
+        limit = min([hbm] + [r["available_bytes"] for r in tried.values() if r.get("available_bytes")])
         fits = sorted(n for n, r in tried.items() if r["fits"])
         fails = sorted(n for n, r in tried.items() if not r["fits"])
         fit, fail = (fits[-1] if fits else None), (fails[0] if fails else None)
         if fit is None:
             n = max(256, fail // 4 // 256 * 256)
-        elif fail is None and predicted is not None and tried[fit]["peak_bytes"] >= NEAR_HBM * hbm:
-            break  # the line's prediction fitted close to the HBM: the limit is within the rounding
-        elif fail is None and len(fits) >= 2 and tried[fits[-1]]["peak_bytes"] > tried[fits[-2]]["peak_bytes"]:
-            (n0, n1), (p0, p1) = fits[-2:], (tried[fits[-2]]["peak_bytes"], tried[fits[-1]]["peak_bytes"])
-            predicted = int(n1 + (hbm - p1) * (n1 - n0) / (p1 - p0))
-            n = max(fit + 256, predicted // 256 * 256)
-        elif fail is None:
-            n = 4 * fit
+        elif tried[fit]["peak_bytes"] >= NEAR_HBM * limit:
+            break  # close enough: the limit lies within a few per cent
         else:
-            n = (fit + fail) // 2 // 256 * 256
-        if n in tried or (fit is not None and fail is not None and n <= fit):
+            line = ((fit, fail) if fail is not None and tried[fail].get("peak_bytes")
+                    else tuple(fits[-2:]) if fail is None and len(fits) >= 2 else None)
+            if line and tried[line[1]]["peak_bytes"] > tried[line[0]]["peak_bytes"]:
+                (n0, n1), (p0, p1) = line, (tried[line[0]]["peak_bytes"], tried[line[1]]["peak_bytes"])
+                predicted = int(n0 + (limit - p0) * (n1 - n0) / (p1 - p0))
+                n = int(n0 + (AIM * limit - p0) * (n1 - n0) / (p1 - p0)) // 256 * 256
+            else:
+                n = 4 * fit if fail is None else (fit + fail) // 2 // 256 * 256
+            n = max(n, fit + 256) if fail is None else min(max(n, fit + 256), fail - 256)
+        if n in tried or (fit is not None and fail is not None and not fit < n < fail):
             break
         tried[n] = compile_at(n)
     fits = [n for n, r in tried.items() if r["fits"]]
     return {"batch_tokens": max(fits) if fits else None, "predicted": predicted,
-            "tried": [[n, r["peak_bytes"] if r["fits"] else None] for n, r in tried.items()]}
+            "tried": [[n, r.get("peak_bytes"), r["fits"]] for n, r in tried.items()]}
 
 
 def run_compile_study(out: Path, models=None, topologies=DEFAULT_TOPOLOGIES, sizes=("default", "large"),
@@ -207,8 +219,14 @@ def run_compile_study(out: Path, models=None, topologies=DEFAULT_TOPOLOGIES, siz
             config, topology = configs[row["model"], row["size"], row["dtype"]], row["topology"]
             log(f"[compile] largest batch: {row['model']} {row['size']} {row['dtype']} on {topology}")
             first = row if config.train.batch_tokens else corpus.compile(with_batch_tokens(config, 4096), topology)
-            row["largest"] = largest_batch_tokens(lambda n: corpus.compile(with_batch_tokens(config, n), topology),
-                                                  config.train.batch_tokens or 4096, first,
+
+            def compile_at(n, config=config, topology=topology):
+                tic = time.perf_counter()
+                found = corpus.compile(with_batch_tokens(config, n), topology)
+                log(f"  {n:,} tokens: {row_line(found)} ({time.perf_counter() - tic:.0f} s)")
+                return found
+
+            row["largest"] = largest_batch_tokens(compile_at, config.train.batch_tokens or 4096, first,
                                                   TOPOLOGIES[topology].chip.hbm_bytes)
             log(f"  {row['largest']}")
             save()
@@ -278,7 +296,7 @@ def _bracket(row: dict) -> str:
     found = row.get("largest")
     if not found or not found["batch_tokens"]:
         return "–"
-    fails = [n for n, peak in found["tried"] if peak is None]
+    fails = [n for n, _, fits in found["tried"] if not fits]
     return f"≥ {found['batch_tokens']:,}" + (f", < {min(fails):,}" if fails else "")
 
 
