@@ -226,3 +226,18 @@ def test_benchmark_compile_refuses_an_unknown_topology_in_one_line(capsys):
     assert benchmark_main(["compile", "--topologies", "tpu:v5e-8", "tpu:v9-8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown topology 'tpu:v9-8'" in err[0]
+
+
+def test_xla_out_of_memory_line_gives_what_the_program_needs_and_what_a_chip_offers(libtpu):
+    # one v5e chip (16 GiB), a 50,000² float32 argument (9.31 GiB) and a result of the same size
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    device = aot.compile_only_devices(V5E_4)[0]
+    big = jax.ShapeDtypeStruct((50_000, 50_000), jnp.float32, sharding=NamedSharding(Mesh([device], ("d",)), P()))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="RESOURCE_EXHAUSTED") as raised:
+        jax.jit(lambda a: a @ a + 1.0).trace(big).lower().compile()
+    required, available = aot.xla_hbm_figures(str(raised.value).splitlines()[0])
+    assert required == pytest.approx(2 * 50_000**2 * 4, rel=0.01)  # the argument and the result
+    assert 15 * 2**30 <= available < 16 * 2**30  # under the chip's 16 GiB: libtpu keeps some
