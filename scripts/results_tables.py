@@ -70,6 +70,8 @@ TABLES = {  # results table -> (columns, split named in the BLEU header)
                  "tokens_per_s", "hardware"), "test"),
     "comparison": (_EQUAL_TRAINING, "test2016"),  # scores, windows and hard attention on one small luong
     "positional": (_EQUAL_TRAINING, "test2016"),  # positional encodings on one small transformer
+    "subwords": (("label", "params", "epochs", "bleu_lc_tok", "bleu", "ppl_teacher_forced", "wall", "hardware"),
+                 "test2016"),  # word and SentencePiece vocabularies, one recipe
 }
 RIGHT = {"params", "epochs", "bleu_lc_tok", "bleu", "ppl_free_running", "ppl_teacher_forced", "val_ppl_epoch2",
          "val_ppl_last", "val_ppl_trend", "seed", "wall", "tokens_per_s", "target_tokens_per_s"}  # right-aligned (numbers)
@@ -329,9 +331,11 @@ def render_table(table: str, entries: list[dict], results: dict) -> list[str]:
              "|" + "|".join("---:" if c in RIGHT else "---" for c in columns) + "|"]
     rows = {}
     result = lambda e: results[e.get("same_as", e["id"])]
+    by_id = {e["id"]: e for e in entries}
     for e in mine:
         lines += [line({k: v for k, v in ref.items() if k != "source"}) for ref in e.get("reference", [])]
-        rows[e["id"]] = cells(e, result(e))
+        shown = {**e, "hardware": by_id[e["same_as"]].get("hardware")} if "same_as" in e else e  # the run's own
+        rows[e["id"]] = cells(shown, result(e))
         lines.append(line(rows[e["id"]]))
         members = groups[e.get("group")]
         if e.get("group") is not None and len(members) > 1 and e is members[-1]:

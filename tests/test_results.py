@@ -207,3 +207,18 @@ def test_the_results_page_tables_are_the_ones_results_generates(tmp_path):
     page.write_bytes((root / "docs" / "results.md").read_bytes())
     regenerate(root / "results", page, evaluate=False, log=lambda line: None)
     assert page.read_bytes() == (root / "docs" / "results.md").read_bytes()
+
+
+def test_a_row_shown_again_keeps_its_runs_hardware(tmp_path):
+    entries = [entry("words", table="subwords", hardware="2 cores, shared"),
+               entry("pieces", table="subwords", hardware="2 cores alone"),
+               {"id": "words-again", "table": "subwords", "label": "`words` (above)", "same_as": "words"}]
+    results = {"words": result(), "pieces": result(bleu_lc_tok=38.58, bleu=38.31)}
+    folder, readme = write_case(tmp_path, entries, results,
+                                BEFORE + "<!-- results:subwords -->\n<!-- /results:subwords -->" + AFTER)
+    assert run_all(folder, readme, "--tables-only") == 0
+    assert table_lines(readme)[2:] == [
+        "| `words` | 14.6 M | 10 | 36.02 | 31.00 | 5.14 | 43 min (2,586 s) | 2 cores, shared |",
+        "| `pieces` | 14.6 M | 10 | 38.58 | 38.31 | 5.14 | 43 min (2,586 s) | 2 cores alone |",
+        "| `words` (above) | 14.6 M | 10 | 36.02 | 31.00 | 5.14 | 43 min (2,586 s) | 2 cores, shared |",
+    ]
