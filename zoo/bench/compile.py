@@ -254,8 +254,10 @@ def _batch(row: dict) -> str:
 
 def row_line(row: dict) -> str:
     """One row in words, for the log."""
-    if not row["fits"]:
-        return f"does not fit: {row['error']}"
+    if not row["fits"]:  # XLA refused it (its line), or compiled it over the chip's HBM (no line)
+        if row.get("error"):
+            return f"does not fit: {row['error']}"
+        return f"does not fit: {row['peak_bytes'] / 1e9:.2f} GB a chip, over the {row['hbm_bytes'] / 1e9:.2f} GB HBM"
     return (f"{row['peak_bytes'] / 1e9:.2f} GB a chip, {(row['xla_flops'] or 0) / 1e9:.1f} GFLOP, "
             f"{row['roofline_s'] * 1e3:.2f} ms, {row['tokens_per_s']:,.0f} tokens/s, compiled in {row['compile_s']:.0f} s")
 
