@@ -102,7 +102,7 @@ def test_a_run_cut_short_while_resuming_keeps_the_rows_it_had_not_reached(tmp_pa
     assert json.loads((tmp_path / "compile.json").read_text())["rows"] == saved["rows"]
 
 
-def test_the_log_line_of_a_step_compiled_over_the_hbm(tmp_path):
+def test_the_log_line_of_a_step_compiled_over_the_hbm():
     # XLA compiled it (no error line) but its peak is over the chip's HBM: the search's log said why
     over = {"fits": False, "peak_bytes": 18.2e9, "hbm_bytes": 17.18e9}
     assert study.row_line(over) == "does not fit: 18.20 GB a chip, over the 17.18 GB HBM"

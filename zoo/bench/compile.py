@@ -130,12 +130,12 @@ def largest_batch_tokens(compile_at: Callable[[int], dict], start: int, first: d
         elif tried[fit]["peak_bytes"] >= NEAR_HBM * limit:
             break  # close enough: the limit lies within a few per cent
         else:
-            line = ((fit, fail) if fail is not None and tried[fail].get("peak_bytes")
-                    else tuple(fits[-2:]) if fail is None and len(fits) >= 2 else None)
-            if line and tried[line[1]]["peak_bytes"] > tried[line[0]]["peak_bytes"]:
-                (n0, n1), (p0, p1) = line, (tried[line[0]]["peak_bytes"], tried[line[1]]["peak_bytes"])
-                predicted = int(n0 + (limit - p0) * (n1 - n0) / (p1 - p0))
-                n = int(n0 + (AIM * limit - p0) * (n1 - n0) / (p1 - p0)) // 256 * 256
+            n0, n1 = ((fit, fail) if fail is not None and tried[fail].get("peak_bytes")
+                      else fits[-2:] if fail is None and len(fits) >= 2 else (None, None))
+            p0, p1 = (tried[n0]["peak_bytes"], tried[n1]["peak_bytes"]) if n0 is not None else (0, 0)
+            if p1 > p0:  # the line through (n0, p0) and (n1, p1), read at a peak
+                at = lambda peak: int(n0 + (peak - p0) * (n1 - n0) / (p1 - p0))
+                predicted, n = at(limit), at(AIM * limit) // 256 * 256
             else:
                 n = 4 * fit if fail is None else (fit + fail) // 2 // 256 * 256
             n = max(n, fit + 256) if fail is None else min(max(n, fit + 256), fail - 256)
