@@ -41,7 +41,7 @@ LARGE = {
     "luong": {"embed_dim": 1000, "hidden_dim": 1000, "num_layers": 4, "attention_dim": 1000},
     "convs2s": {"embed_dim": 512, "hidden_dim": 512, "num_encoder_layers": 15, "num_decoder_layers": 15},  # WMT'14 En-Fr
 }
-SEARCH_COMPILES = 3  # compiles of the batch search beyond the row's own
+SEARCH_COMPILES = 5  # compiles of the batch search beyond the row's own
 NEAR_HBM = 0.9  # a fitting size whose peak is this close to the limit ends the search
 AIM = 0.97  # the search aims its line a little under the limit, so that a near-straight peak still fits
 # where the search runs by default: the chip with the least HBM, where the limit bites (on a v5p's
@@ -97,7 +97,8 @@ def largest_batch_tokens(compile_at: Callable[[int], dict], start: int, first: d
     ×4 until two sizes fit, then try where the line through the last two peaks meets
     :data:`AIM` × the limit (rounded down to a multiple of 256); once a size failed, the line runs
     through the largest size that fitted and the smallest that did not, whose peak XLA states in
-    its out-of-memory line (bisect where it did not say). The limit is the HBM, or XLA's smaller
+    its out-of-memory line (bisect where it did not say, or where the last two sizes both failed:
+    near the limit the peak can jump, as XLA changes strategy, and the line overshoots). The limit is the HBM, or XLA's smaller
     "available HBM" once a failure stated it. The search ends when a size fits within
     :data:`NEAR_HBM` of the limit, or when the next size is one already tried. The answer is a
     lower bound of the true limit.
@@ -129,6 +130,8 @@ def largest_batch_tokens(compile_at: Callable[[int], dict], start: int, first: d
             n = max(256, fail // 4 // 256 * 256)
         elif tried[fit]["peak_bytes"] >= NEAR_HBM * limit:
             break  # close enough: the limit lies within a few per cent
+        elif not any(r["fits"] for r in list(tried.values())[-2:]):  # the line overshot twice
+            n = (fit + fail) // 2 // 256 * 256
         else:
             n0, n1 = ((fit, fail) if fail is not None and tried[fail].get("peak_bytes")
                       else fits[-2:] if fail is None and len(fits) >= 2 else (None, None))
