@@ -185,7 +185,8 @@ def compile_only(config: Config, options: RunOptions) -> int:
     report = aot.plan(config, aot.topology(options.compile_only), options.workdir, options.data_dir)
     if not report.fits:
         raise aot.DoesNotFit(f"{config.model_name} does not fit {report.topology}: {report.peak_bytes / 1e9:.2f} GB a chip, "
-                             f"over the {report.hbm_bytes / 1e9:.2f} GB HBM of a {report.chip}")
+                             f"over the {report.hbm_bytes / 1e9:.2f} GB HBM of a {report.chip}",
+                             report.peak_bytes, report.hbm_bytes)
     print(report.summary())
     if options.output:
         try:
