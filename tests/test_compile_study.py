@@ -84,6 +84,9 @@ def test_the_model_table_pairs_the_default_and_paper_size(tmp_path, fake):
                         "| largest batch_tokens on tpu:v5e-8 |")
     # bfloat16: default 2,048 tokens (1.2048 GB, 0.2048 ms), large 8,192 tokens (1.8192 GB, 0.8192 ms)
     assert lines[2] == "| transformer | 1.0 M / 1.0 M | 1.20 / 1.82 | 0.20 / 0.82 | – / ≥ 140,000, < 280,000 |"
+    # the full table gives the same bracket on that row only
+    found = [line.split(" | ")[-2] for line in study.compile_table(results).splitlines()[2:]]
+    assert found == ["", "", "", "≥ 140,000, < 280,000"]
 
 
 def test_a_run_cut_short_while_resuming_keeps_the_rows_it_had_not_reached(tmp_path, fake, monkeypatch):

@@ -312,8 +312,8 @@ def compile_table(results: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         largest = r.get("largest")
-        found = "" if largest is None else (f"{largest['batch_tokens'] or 'none tried fits'}"
-                                            + (f" (line: {largest['predicted']})" if largest["predicted"] else ""))
+        found = "" if largest is None else ((_bracket(r) if largest["batch_tokens"] else "none tried fits")
+                                            + (f" (line: {largest['predicted']:,})" if largest["predicted"] else ""))
         shape = "×".join(map(str, r["batch_shape"] or ()))
         if not r["fits"]:
             lines.append(f"| {r['model']} | {r['size']} | {r['dtype']} | {r['topology']} | {_batch(r)}: {shape} | | no | "
