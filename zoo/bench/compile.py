@@ -130,10 +130,9 @@ def largest_batch_tokens(compile_at: Callable[[int], dict], start: int, first: d
             n = max(256, fail // 4 // 256 * 256)
         elif tried[fit]["peak_bytes"] >= NEAR_HBM * limit:
             break  # close enough: the limit lies within a few per cent
-        elif not any(r["fits"] for r in list(tried.values())[-2:]):  # the line overshot twice
-            n = (fit + fail) // 2 // 256 * 256
         else:
-            n0, n1 = ((fit, fail) if fail is not None and tried[fail].get("peak_bytes")
+            overshot = not any(r["fits"] for r in list(tried.values())[-2:])  # twice: no line, bisect
+            n0, n1 = ((fit, fail) if fail is not None and tried[fail].get("peak_bytes") and not overshot
                       else fits[-2:] if fail is None and len(fits) >= 2 else (None, None))
             p0, p1 = (tried[n0]["peak_bytes"], tried[n1]["peak_bytes"]) if n0 is not None else (0, 0)
             if p1 > p0:  # the line through (n0, p0) and (n1, p1), read at a peak
