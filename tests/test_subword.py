@@ -4,14 +4,12 @@ import dataclasses
 import json
 import unicodedata
 
-import numpy as np
 import pytest
 from corpus import sentence_pairs, write_tiny_multi30k
 from exported import export_file
 
 import zoo
 from zoo.config import BahdanauConfig, Config, DataConfig, TrainConfig
-from zoo.data import subword
 from zoo.data.pipeline import TextPipeline
 from zoo.data.subword import SubwordTokenizer
 from zoo.data.vocab import SPECIALS, UNK_ID, Vocab
@@ -56,20 +54,6 @@ def test_round_trip_detokenizes_to_the_normalised_input(lowercase):
         assert tokenizer.detokenize(pieces) == normalised(sentence, lowercase)
         ids = tokenizer.encode([sentence])[0]
         assert tokenizer.detokenize(Vocab(tokenizer.pieces()).decode(ids)) == normalised(sentence, lowercase)
-
-
-def test_a_large_corpus_is_trained_on_its_seeded_uniform_sample(monkeypatch):
-    """Past INPUT_SENTENCE_SIZE sentences the model is the one trained on the sample alone; the
-    sample is the seed's, so two trainings agree, and a character only outside it is no piece."""
-    corpus = [s for pair in sentence_pairs(80, seed=1) for s in pair] + ["Øø øø."]  # Ø and ø appear nowhere else
-    monkeypatch.setattr(subword, "INPUT_SENTENCE_SIZE", 101)  # SentencePiece's least
-    picks = np.sort(np.random.default_rng(subword.SAMPLE_SEED).choice(len(corpus), 101, replace=False))
-    sampled = SubwordTokenizer.train(corpus, 48, "bpe")
-    assert sampled.model_proto == SubwordTokenizer.train(corpus, 48, "bpe").model_proto
-    monkeypatch.setattr(subword, "INPUT_SENTENCE_SIZE", len(corpus))
-    alone = SubwordTokenizer.train([corpus[i] for i in picks], 48, "bpe")  # (its proto records another input_sentence_size)
-    assert sampled.pieces() == alone.pieces() and sampled.encode(corpus) == alone.encode(corpus)
-    assert any("ø" in piece for piece in sampled.pieces()) == (len(corpus) - 1 in picks)
 
 
 TOO_FEW = r"corpus\.de: gives at most {} SentencePiece pieces, fewer than --data\.vocab-size {}"

@@ -8,6 +8,7 @@ Two kinds (``DataConfig.tokenizer``):
   training split (:mod:`zoo.data.subword`); both vocabularies are its pieces; stored as ``spm.model``.
 """
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class TextPipeline:
             :meth:`zoo.data.subword.SubwordTokenizer.train`), naming ``origin``.
         """
         if data.tokenizer == "sentencepiece":
-            tokenizer = SubwordTokenizer.train(train_src + train_tgt, data.vocab_size, data.subword_model,
+            tokenizer = SubwordTokenizer.train(itertools.chain(train_src, train_tgt), data.vocab_size, data.subword_model,
                                                data.lowercase, origin)
             vocab = Vocab(tokenizer.pieces())
             return cls(tokenizer, tokenizer, vocab, vocab)

@@ -54,7 +54,7 @@ from zoo.data.vocab import Vocab
 from zoo.errors import ZooError
 from zoo.io import read_json, write_text
 
-FORMAT_VERSION = 2  # 2: SentencePiece trains on a sample drawn by zoo.data.subword (was its own reservoir)
+FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LENGTHS = "lengths.npy"
 # DataConfig fields that do not change the ids: they act when batches are planned, from lengths.npy
@@ -232,8 +232,6 @@ def _prepare_into(data, src, tgt, paths, tmp: Path, key: str, workers: int, pipe
     names = [f"train-{i:05d}-of-{len(chunks):05d}.arrayrecord" for i in range(len(chunks))]
     if workers > 1:  # spawn: no fork of a process that may hold JAX's threads
         pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("spawn"))
-        for _ in range(min(workers, len(chunks))):  # the workers start and import while the tokenizer trains
-            pool.submit(_import_encoder)
     else:
         pool = concurrent.futures.ThreadPoolExecutor(1)  # one worker: this process, no start-up
     with pool:
@@ -276,11 +274,6 @@ def _tokenize_shard(data: DataConfig, src: list[str], tgt: list[str], path: str)
     tokens = [[src_tok.tokenize(s) for s in src], [tgt_tok.tokenize(t) for t in tgt]]
     Path(path).write_text(json.dumps(tokens, ensure_ascii=False))
     return Counter(t for s in tokens[0] for t in s), Counter(t for s in tokens[1] for t in s)
-
-
-def _import_encoder() -> None:
-    """Worker: import what :func:`_encode_shard` needs (its module is imported to find this function)."""
-    from array_record.python.array_record_module import ArrayRecordWriter  # noqa: F401
 
 
 def _encode_shard(data: DataConfig, pipeline_dir: str, text: tuple, path: str, dtype: str) -> np.ndarray:

@@ -22,10 +22,9 @@ import io
 import os
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import sentencepiece as spm
 
 from zoo.config import SubwordModel
@@ -33,10 +32,9 @@ from zoo.data.vocab import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, UNK, UNK_ID
 from zoo.errors import ZooError
 from zoo.io import write_bytes
 
-# Sentences SentencePiece trains on (a uniform sample when the corpus has more, as its README
+# Sentences SentencePiece reads to train (sampled when the corpus has more, as its README
 # advises for large corpora): 1 M sentences learn an 8-32 k vocabulary; Multi30k has 58 k.
 INPUT_SENTENCE_SIZE = 1_000_000
-SAMPLE_SEED = 0
 
 
 class SubwordTokenizer:
@@ -47,13 +45,9 @@ class SubwordTokenizer:
         self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
 
     @classmethod
-    def train(cls, sentences: Sequence[str], vocab_size: int, model_type: str = "unigram", lowercase: bool = True,
+    def train(cls, sentences: Iterable[str], vocab_size: int, model_type: str = "unigram", lowercase: bool = True,
               origin: str = "the training sentences") -> "SubwordTokenizer":
         """Train a SentencePiece model of ``vocab_size`` pieces (the 4 specials included) on ``sentences``.
-
-        A corpus of more than :data:`INPUT_SENTENCE_SIZE` sentences is sampled first, uniformly
-        without replacement (seed :data:`SAMPLE_SEED`): SentencePiece's own sampling would pass
-        every sentence through Python to keep one in N (on 5.8 M sentences, a third of its time).
 
         Args:
           sentences: the training text, one sentence a string (both sides, for a joint model).
@@ -76,12 +70,9 @@ class SubwordTokenizer:
         """
         if model_type not in typing.get_args(SubwordModel):
             raise ValueError(f"model_type={model_type!r}: choose from {', '.join(typing.get_args(SubwordModel))}")
-        if len(sentences) > INPUT_SENTENCE_SIZE:
-            picks = np.random.default_rng(SAMPLE_SEED).choice(len(sentences), INPUT_SENTENCE_SIZE, replace=False)
-            sentences = [sentences[i] for i in np.sort(picks).tolist()]
         text = (s.lower() if lowercase else s for s in sentences)
         proto = io.BytesIO()
-        spm.set_random_generator_seed(SAMPLE_SEED)  # SentencePiece shuffles the sentences it reads
+        spm.set_random_generator_seed(0)  # which sentences are sampled past INPUT_SENTENCE_SIZE
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=text, model_writer=proto, vocab_size=vocab_size, model_type=model_type,
